@@ -1,0 +1,98 @@
+"""The contract between the harness and a fine-tuning method.
+
+A method is one sub-package of ``methods/`` that registers a :class:`Method` subclass.
+The harness never branches on method names: it calls these hooks in this order::
+
+    method.validate(cfg)                       # before any model is built
+    model = method.apply(model, cfg, ctx)      # freeze / wrap / add adapters
+    callbacks = method.callbacks(model, cfg, ctx)
+    optimizer = method.create_optimizer(model, cfg, ctx, train_cfg)   # None -> harness AdamW
+    ... training (transformers Trainer) ...
+    method.record_state(model, cfg) -> dict    # method-specific facts for the result record
+    method.save(model, cfg, path)              # optional adapter export
+
+Nothing in ``methods/`` imports from ``bench/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Optional
+
+import torch
+from torch import nn
+
+
+class MethodConfigError(ValueError):
+    """A method's hyperparameter is invalid; the message says what to type instead."""
+
+
+@dataclass
+class MethodContext:
+    """What a method may know about the run; filled in by the harness."""
+
+    task_type: str  # "seq_cls" | "qa" | "causal_lm"
+    model_type: str  # transformers config.model_type: "bert", "roberta", "deberta-v2", "llama", ...
+    head_modules: list[str] = field(default_factory=list)  # module names of the task head, e.g. ["classifier"]
+    train_head: bool = True  # does the task head's own weights train (methods may override by preset)
+    total_steps: Optional[int] = None  # optimizer steps of the run
+    seed: int = 0
+    cache_dir: str = ".cache/bench"  # where a method may cache (e.g. SVDs)
+    num_labels: Optional[int] = None
+
+
+class Method:
+    """Base class: full fine-tuning semantics unless overridden."""
+
+    name: ClassVar[str] = ""
+    #: peft-style task types this method supports
+    supports: ClassVar[tuple[str, ...]] = ("seq_cls", "qa", "causal_lm")
+
+    def validate(self, cfg: Mapping[str, Any]) -> None:
+        """Raise MethodConfigError for out-of-range hyperparameters."""
+
+    def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: MethodContext) -> nn.Module:
+        raise NotImplementedError
+
+    def callbacks(self, model: nn.Module, cfg: Mapping[str, Any], ctx: MethodContext) -> list:
+        """transformers.TrainerCallback instances the method needs (e.g. a phase switch)."""
+        return []
+
+    def create_optimizer(
+        self, model: nn.Module, cfg: Mapping[str, Any], ctx: MethodContext, train_cfg: Mapping[str, Any]
+    ) -> Optional[torch.optim.Optimizer]:
+        """A custom optimizer, or None for the harness's AdamW over requires_grad parameters.
+
+        train_cfg has at least: lr, weight_decay, adam_beta1, adam_beta2, adam_epsilon.
+        """
+        return None
+
+    def trainable_parameters(self, model: nn.Module, cfg: Mapping[str, Any]) -> Optional[int]:
+        """Override the count of trained scalars when requires_grad does not tell it (e.g. ID3's budget)."""
+        return None
+
+    def record_state(self, model: nn.Module, cfg: Mapping[str, Any]) -> dict:
+        """Method-specific facts for the result record (switch step, mask size, ...)."""
+        return {}
+
+    def save(self, model: nn.Module, cfg: Mapping[str, Any], path: str) -> None:
+        """Write the fine-tuned adapter / delta to ``path`` (a directory)."""
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(path)
+        else:  # pragma: no cover - plain modules
+            import os
+
+            from safetensors.torch import save_file
+
+            os.makedirs(path, exist_ok=True)
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, f"{path}/model.safetensors")
+
+
+def set_head_trainable(model: nn.Module, head_modules: list[str], trainable: bool = True) -> list[str]:
+    """Set requires_grad on every parameter under the named head modules; returns the names touched."""
+    touched = []
+    for name, p in model.named_parameters():
+        if any(name == h or name.startswith(h + ".") or f".{h}." in f".{name}" for h in head_modules):
+            p.requires_grad_(trainable)
+            touched.append(name)
+    return touched
