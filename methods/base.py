@@ -32,6 +32,7 @@ class MethodContext:
     """What a method may know about the run; filled in by the harness."""
 
     task_type: str  # "seq_cls" | "qa" | "causal_lm"
+    task_name: str = ""  # e.g. "sst2", "squad", "gsm8k" (for per-task presets such as Propulsion's degree)
     model_type: str  # transformers config.model_type: "bert", "roberta", "deberta-v2", "llama", ...
     head_modules: list[str] = field(default_factory=list)  # module names of the task head, e.g. ["classifier"]
     train_head: bool = True  # does the task head's own weights train (methods may override by preset)
