@@ -33,7 +33,7 @@ class MethodContext:
 
     task_type: str  # "seq_cls" | "qa" | "causal_lm"
     task_name: str = ""  # e.g. "sst2", "squad", "gsm8k" (for per-task presets such as Propulsion's degree)
-    model_type: str  # transformers config.model_type: "bert", "roberta", "deberta-v2", "llama", ...
+    model_type: str = ""  # transformers config.model_type: "bert", "roberta", "deberta-v2", "llama", ...
     head_modules: list[str] = field(default_factory=list)  # module names of the task head, e.g. ["classifier"]
     train_head: bool = True  # does the task head's own weights train (methods may override by preset)
     total_steps: Optional[int] = None  # optimizer steps of the run
