@@ -1,0 +1,1 @@
+"""peft-bench: the harness (CLI, task families, training, records, tables)."""

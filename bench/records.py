@@ -1,0 +1,120 @@
+"""Result records: one JSON file per run, written atomically; the config hash that identifies a run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# Keys that change where things are read or written, not what is computed.
+NON_SEMANTIC_KEYS = ("results_dir", "data_dir", "cache_dir", "force", "offline_fallback", "save_adapter", "tag")
+NON_SEMANTIC_TRAIN_KEYS = ("progress", "num_threads", "logging_steps", "eval_batch_size")
+PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "hydra-core", "numpy", "scikit-learn", "scipy")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def semantic_config(cfg: dict) -> dict:
+    out = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS and k != "hydra"}
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k not in NON_SEMANTIC_TRAIN_KEYS}
+    return out
+
+
+def config_hash(cfg: dict) -> str:
+    """sha256 of the config minus paths and switches that do not change the result."""
+    blob = json.dumps(semantic_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def record_path(results_dir: str | Path, cfg: dict, chash: str) -> Path:
+    model = cfg["model"]["name"]
+    name = f"{cfg['task']['name']}__{cfg['method']['name']}__{model}__seed{cfg['seed']}__{chash}.json"
+    return Path(results_dir) / name
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)
+
+
+def read_record(path: Path) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def completed(path: Path, chash: str) -> bool:
+    rec = read_record(path)
+    return bool(rec and rec.get("status") == "ok" and rec.get("config_hash") == chash)
+
+
+def git_info() -> dict:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
+        return {"commit": head.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_info() -> dict:
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+    return info

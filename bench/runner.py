@@ -1,0 +1,307 @@
+"""One run, top to bottom: config -> data -> model -> method -> train -> evaluate -> record."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback
+
+from bench import records
+from bench.cost import CostCallback, memory_figures
+from bench.data import default_cache_dir
+from bench.errors import BenchError
+from bench.params import count_parameters
+
+PROCESS_START = time.perf_counter()
+
+
+# ------------------------------------------------------------------------------------------------
+# validation: every bad input is caught here, before any model or data is touched
+# ------------------------------------------------------------------------------------------------
+def validate_config(cfg: DictConfig) -> None:
+    t = cfg.train
+    problems = []
+    if not (t.lr is not None and float(t.lr) > 0):
+        problems.append(f"train.lr must be > 0 (got {t.lr}); e.g. train.lr=1e-4")
+    for key in ("batch_size", "eval_batch_size", "grad_accum"):
+        if not (t[key] is not None and int(t[key]) >= 1):
+            problems.append(f"train.{key} must be a positive integer (got {t[key]}); e.g. train.{key}=16")
+    if t.max_steps is None and not (t.epochs is not None and float(t.epochs) > 0):
+        problems.append(f"train.epochs must be > 0 when train.max_steps is null (got {t.epochs})")
+    if t.max_steps is not None and int(t.max_steps) < 1:
+        problems.append(f"train.max_steps must be >= 1 or null (got {t.max_steps})")
+    if float(t.weight_decay) < 0:
+        problems.append(f"train.weight_decay must be >= 0 (got {t.weight_decay})")
+    if float(t.warmup_steps) < 0 or not 0 <= float(t.warmup_ratio) < 1:
+        problems.append("train.warmup_steps must be >= 0 and train.warmup_ratio in [0, 1)")
+    if t.eval_strategy not in ("end", "epoch"):
+        problems.append(f"train.eval_strategy must be end | epoch (got {t.eval_strategy!r})")
+    if t.selection not in ("last", "best"):
+        problems.append(f"train.selection must be last | best (got {t.selection!r})")
+    if t.selection == "best" and t.eval_strategy != "epoch":
+        problems.append("train.selection=best needs train.eval_strategy=epoch (there is nothing to choose from)")
+    if t.precision not in ("fp32", "bf16", "fp16"):
+        problems.append(f"train.precision must be fp32 | bf16 | fp16 (got {t.precision!r})")
+    for key in ("max_train_samples", "max_eval_samples"):
+        v = cfg.data.get(key)
+        if v is not None and int(v) < 1:
+            problems.append(f"data.{key} must be a positive integer or null (got {v})")
+    if problems:
+        raise BenchError("Invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def optimizer_steps(n_train: int, t: DictConfig) -> int:
+    if t.max_steps is not None:
+        return int(t.max_steps)
+    per_epoch = max(1, math.ceil(math.ceil(n_train / int(t.batch_size)) / int(t.grad_accum)))
+    return int(math.ceil(per_epoch * float(t.epochs)))
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+def plain(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def resolve_method(cfg: DictConfig):
+    from methods import MethodConfigError, get_method
+    from methods.registry import UnknownMethodError
+
+    try:
+        method = get_method(cfg.method.name)
+        method.validate(plain(cfg.method))
+    except (UnknownMethodError, MethodConfigError) as e:
+        raise BenchError(str(e)) from e
+    return method
+
+
+def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = False) -> dict:
+    """Train and evaluate one configuration; returns the written record."""
+    run_start = time.perf_counter()
+    config = plain(cfg)
+    config.pop("hydra", None)
+    chash = records.config_hash(config)
+    path = records.record_path(cfg.results_dir, config, chash)
+    if not cfg.force and records.completed(path, chash):
+        print(f"[bench] skip: {path.name} already has an ok record with this config hash (force=true reruns)")
+        return records.read_record(path) or {}
+
+    validate_config(cfg)
+    method = resolve_method(cfg)
+    from bench.tasks import get_family
+
+    cache_dir = default_cache_dir(cfg.cache_dir)
+    family = get_family(cfg.task.family)(cfg, cache_dir)
+    family.validate()
+
+    record: dict[str, Any] = {
+        "schema": 1,
+        "status": "running",
+        "method": cfg.method.name,
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "seed": int(cfg.seed),
+        "tag": cfg.get("tag"),
+        "config_hash": chash,
+        "config": config,
+        "overrides": list(overrides or []),
+        "git": records.git_info(),
+        "versions": records.package_versions(),
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        _train_and_evaluate(cfg, method, family, record, run_start, path.with_suffix(""))
+        record["status"] = "ok"
+    except BaseException as e:  # record the failure, then let the caller decide
+        record["status"] = "failed"
+        record["error"] = f"{type(e).__name__}: {e}"
+        record["traceback"] = traceback.format_exc(limit=20)
+        if isinstance(e, BenchError) and "params" not in record:
+            # bad input found before training: nothing ran, so keep no record unless in a sweep
+            record["failed_before_training"] = True
+        raise
+    finally:
+        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record["wall_s"] = round(time.perf_counter() - run_start, 3)
+        record["device"] = records.device_info()
+        record["memory"] = memory_figures()
+        if record["status"] == "ok" or not record.get("failed_before_training") or sweep:
+            records.write_json_atomic(path, record)
+            record["path"] = str(path)
+    _print_summary(record)
+    return record
+
+
+def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Path) -> None:
+    import torch
+    from transformers import set_seed
+
+    from methods import MethodContext
+    from bench.models import head_modules
+
+    t = cfg.train
+    if t.num_threads:
+        torch.set_num_threads(int(t.num_threads))
+    set_seed(int(cfg.seed))
+
+    data = family.load_data()
+    record["data"] = data.info
+    tokenizer = family.load_tokenizer()
+    model = family.build_model(tokenizer)
+    heads = head_modules(model)
+    base_total = count_parameters(model)["total"]
+    total_steps = optimizer_steps(len(data.train), t)
+    mcfg = plain(cfg.method)
+    ctx = MethodContext(
+        task_type=family.task_type,
+        task_name=cfg.task.name,
+        model_type=model.config.model_type,
+        head_modules=heads,
+        train_head=family.task_type != "causal_lm",
+        total_steps=total_steps,
+        seed=int(cfg.seed),
+        cache_dir=str(default_cache_dir(cfg.cache_dir) / "methods"),
+        num_labels=cfg.task.get("num_labels"),
+    )
+    set_seed(int(cfg.seed))  # the method's own initialisation is seeded too
+    model = method.apply(model, mcfg, ctx)
+    if t.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
+    record["params"] = count_parameters(model, heads, base_total, method.trainable_parameters(model, mcfg))
+    record["params"]["head_modules"] = heads
+    if record["params"]["trainable"] == 0:
+        raise BenchError(f"method {cfg.method.name!r} left no trainable parameter on this model; check its targets")
+
+    train_ds = family.train_dataset(data, tokenizer)
+    record["data"]["tokenized_cache_hit"] = getattr(family, "last_cache_hit", None)
+    cost = CostCallback(PROCESS_START)
+    history: list[dict] = []
+    callbacks = [cost, *method.callbacks(model, mcfg, ctx)]
+    if t.eval_strategy == "epoch":
+        callbacks.append(_EpochEval(family, data, tokenizer, history, cost))
+    train_cfg = plain(t)
+    optimizer = method.create_optimizer(model, mcfg, ctx, train_cfg)
+    trainer = _make_trainer(cfg, model, train_ds, family.collator(tokenizer), callbacks, optimizer, artifact_dir)
+    trainer.train()
+    cost_summary = cost.summary(int(t.batch_size) * int(t.grad_accum))
+
+    t0 = time.perf_counter()
+    final = family.evaluate(model, data, tokenizer, out_dir=artifact_dir)
+    eval_s = time.perf_counter() - t0
+    n_eval = sum(record["data"].get("eval_sizes", {}).values()) or None
+    if not history or history[-1]["step"] != trainer.state.global_step:
+        history.append({"epoch": trainer.state.epoch, "step": trainer.state.global_step, "metrics": final})
+    main_key = cfg.task.main_metric
+    chosen = max(history, key=lambda h: h["metrics"][main_key]) if t.selection == "best" else history[-1]
+    record["metrics"] = chosen["metrics"]
+    record["metrics_last"] = final
+    record["main_metric"] = main_key
+    record["main_score"] = chosen["metrics"][main_key]
+    record["selection"] = {"protocol": t.selection, "epoch": chosen["epoch"], "step": chosen["step"]}
+    record["eval_history"] = history
+    record["train"] = {
+        **cost_summary,
+        "loss_curve": cost.loss_curve,
+        "final_loss": cost.loss_curve[-1][1] if cost.loss_curve else None,
+        "epochs": trainer.state.epoch,
+        "planned_steps": total_steps,
+    }
+    record["eval"] = {"wall_s": round(eval_s, 3), "examples_per_s": round(n_eval / eval_s, 2) if n_eval else None}
+    record["method_state"] = method.record_state(model, mcfg)
+    if cfg.get("save_adapter"):
+        method.save(model, mcfg, str(artifact_dir / "adapter"))
+        record["adapter_path"] = str(artifact_dir / "adapter")
+    shutil.rmtree(artifact_dir / "trainer", ignore_errors=True)
+
+
+class _EpochEval(TrainerCallback):
+    """Evaluate after every epoch; the runner picks the last or the best (train.selection)."""
+
+    def __init__(self, family, data, tokenizer, history, cost):
+        self.family, self.data, self.tokenizer, self.history, self.cost = family, data, tokenizer, history, cost
+
+    def on_epoch_end(self, args, state, control, model=None, **kw):
+        t0 = time.perf_counter()
+        metrics = self.family.evaluate(model, self.data, self.tokenizer)
+        self.cost.eval_seconds += time.perf_counter() - t0
+        self.history.append({"epoch": state.epoch, "step": state.global_step, "metrics": metrics})
+
+
+def _enable_gradient_checkpointing(model) -> None:
+    target = model
+    while not hasattr(target, "gradient_checkpointing_enable") and hasattr(target, "base_model"):
+        target = target.base_model
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, artifact_dir: Path):
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    t = cfg.train
+    warmup = float(t.warmup_steps) if float(t.warmup_steps) > 0 else float(t.warmup_ratio)
+    args = TrainingArguments(
+        output_dir=str(artifact_dir / "trainer"),
+        per_device_train_batch_size=int(t.batch_size),
+        per_device_eval_batch_size=int(t.eval_batch_size),
+        gradient_accumulation_steps=int(t.grad_accum),
+        learning_rate=float(t.lr),
+        num_train_epochs=float(t.epochs) if t.epochs is not None else 1.0,
+        max_steps=int(t.max_steps) if t.max_steps is not None else -1,
+        warmup_steps=warmup,
+        lr_scheduler_type=t.scheduler,
+        weight_decay=float(t.weight_decay),
+        max_grad_norm=float(t.max_grad_norm),
+        adam_beta1=float(t.adam_beta1),
+        adam_beta2=float(t.adam_beta2),
+        adam_epsilon=float(t.adam_epsilon),
+        logging_steps=int(t.logging_steps),
+        logging_first_step=True,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=int(cfg.seed),
+        data_seed=int(cfg.seed),
+        disable_tqdm=not t.progress,
+        remove_unused_columns=False,
+        bf16=t.precision == "bf16",
+        fp16=t.precision == "fp16",
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        data_collator=collator,
+        callbacks=callbacks,
+        optimizers=(optimizer, None) if optimizer is not None else (None, None),
+    )
+
+
+def _print_summary(record: dict) -> None:
+    p = record.get("params", {})
+    tr = record.get("train", {})
+    score = record.get("main_score")
+    print(
+        f"[bench] {record['status']}: {record['method']} on {record['task']} ({record['model']}, seed {record['seed']})"
+        f" | {record.get('main_metric')}={score:.4f}" if score is not None else
+        f"[bench] {record['status']}: {record['method']} on {record['task']} ({record['model']}, seed {record['seed']})",
+        end="",
+    )
+    if p:
+        print(f" | trainable {p['trainable']:,} / {p['total']:,} ({p['trainable_pct']:.3f}%)", end="")
+    if tr:
+        print(f" | {tr.get('steps')} steps, {tr.get('samples_per_s')} samples/s", end="")
+    print(f" | {record.get('wall_s')} s" + (f" -> {record['path']}" if record.get("path") else ""))

@@ -1,0 +1,101 @@
+"""GLUE: single-sentence and sentence-pair classification (and STS-B regression)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from bench import metrics as M
+from bench.data import TaskData
+from bench.errors import BenchError
+from bench.models import build_model
+from bench.tasks.base import TaskFamily
+
+
+def metric_key(name: str, alias: str) -> str:
+    return name if alias in ("", "default") else f"{name}_{alias}"
+
+
+class GlueFamily(TaskFamily):
+    task_type = "seq_cls"
+
+    def required_columns(self) -> list[str]:
+        return list(self.task.text_fields) + [self.task.label_field]
+
+    def validate(self) -> None:
+        t = self.task
+        if not 1 <= len(t.text_fields) <= 2:
+            raise BenchError(f"task {t.name}: text_fields must name one or two columns (got {list(t.text_fields)})")
+        keys = {metric_key(m, a) for m in t.metrics for a in t.eval_splits}
+        if t.main_metric not in keys:
+            raise BenchError(f"task {t.name}: main_metric {t.main_metric!r} is not one of {sorted(keys)}")
+
+    @property
+    def is_regression(self) -> bool:
+        return int(self.task.num_labels) == 1
+
+    def build_model(self, tokenizer):
+        kw = {"num_labels": int(self.task.num_labels)}
+        if self.is_regression:
+            kw["problem_type"] = "regression"
+        model = build_model(self.cfg.model, self.task_type, tokenizer, **kw)
+        if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        return model
+
+    def _tokenize(self, ds, tokenizer):
+        fields = list(self.task.text_fields)
+        max_length = int(self.task.max_length)
+        label_field = self.task.label_field
+        regression = self.is_regression
+
+        def fn(batch):
+            texts = [batch[f] for f in fields]
+            enc = tokenizer(*texts, truncation=True, max_length=max_length)
+            labels = batch[label_field]
+            enc["labels"] = [float(x) for x in labels] if regression else [int(x) for x in labels]
+            return enc
+
+        tag = f"glue|{'/'.join(fields)}|{max_length}|{regression}"
+        out = self.cached_map(ds, fn, tokenizer, tag, batched=True, remove_columns=ds.column_names)
+        return out.with_format("torch")
+
+    def train_dataset(self, data: TaskData, tokenizer):
+        return self._tokenize(data.train, tokenizer)
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    @torch.no_grad()
+    def predict(self, model, ds, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+        model.eval()
+        bs = int(self.cfg.train.eval_batch_size)
+        loader = DataLoader(ds, batch_size=bs, collate_fn=self.collator(tokenizer))
+        device = next(model.parameters()).device
+        preds, labels = [], []
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            y = batch.pop("labels")
+            logits = model(**batch).logits.float()
+            preds.append(logits.squeeze(-1).cpu() if self.is_regression else logits.argmax(-1).cpu())
+            labels.append(y.cpu())
+        return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+
+    def evaluate(self, model, data: TaskData, tokenizer, out_dir: Path | None = None) -> dict:
+        was_training = model.training
+        out: dict = {}
+        cache = self.__dict__.setdefault("_eval_tokenized", {})
+        for alias, ds in data.evals.items():
+            if alias not in cache:
+                cache[alias] = self._tokenize(ds, tokenizer)
+            tok = cache[alias]
+            preds, labels = self.predict(model, tok, tokenizer)
+            for name, value in M.compute(list(self.task.metrics), preds, labels).items():
+                out[metric_key(name, alias)] = value
+        model.train(was_training)
+        return out

@@ -1,0 +1,82 @@
+"""LoraDashConfig: peft's LoraConfig plus the two LoRA-Dash knobs, under its own peft type.
+
+The adapter_config.json written by ``save_pretrained`` says ``"peft_type": "LORA_DASH"``, so
+``PeftModel.from_pretrained`` rebuilds LoRA-Dash layers (with their U_s / V_s / d / switch state)
+instead of silently loading a plain LoRA and dropping the dash term. That needs a ``PeftType``
+member, which peft only ships for its built-in methods; :func:`lora_dash_peft_type` adds one.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from peft import LoraConfig
+from peft.utils.peft_types import PeftType
+
+PEFT_TYPE_NAME = "LORA_DASH"
+
+
+def lora_dash_peft_type() -> PeftType:
+    """The ``PeftType.LORA_DASH`` member, added to peft's enum on first use (idempotent).
+
+    peft's ``register_peft_method`` requires the method's name to be a ``PeftType`` member but the
+    enum is closed; this inserts one member the way ``enum`` itself stores members, so lookups by
+    value (``PeftType("LORA_DASH")``), iteration and the peft-type -> class mappings all work.
+    """
+    members = PeftType.__members__
+    if PEFT_TYPE_NAME in members:
+        return members[PEFT_TYPE_NAME]
+    member = str.__new__(PeftType, PEFT_TYPE_NAME)
+    member._name_ = PEFT_TYPE_NAME
+    member._value_ = PEFT_TYPE_NAME
+    member.__objclass__ = PeftType
+    member._sort_order_ = len(PeftType._member_names_)
+    PeftType._member_map_[PEFT_TYPE_NAME] = member
+    PeftType._value2member_map_[PEFT_TYPE_NAME] = member
+    PeftType._member_names_.append(PEFT_TYPE_NAME)
+    type.__setattr__(PeftType, PEFT_TYPE_NAME, member)
+    assert isinstance(member, enum.Enum) and PeftType(PEFT_TYPE_NAME) is member
+    return member
+
+
+LORA_DASH = lora_dash_peft_type()
+
+
+@dataclass
+class LoraDashConfig(LoraConfig):
+    """LoRA-Dash (Si et al., arXiv 2409.01035): LoRA for ``dash_t`` optimizer steps, then per adapted
+    matrix the ``dash_s`` singular directions of the frozen W that the LoRA update changed most
+    (|u_i^T dW v_i| / s_i) get one trainable scale each: y = W x + (alpha/r) B A x + U_s diag(d) V_s^T x.
+
+    Only ``torch.nn.Linear`` (and transformers ``Conv1D``) targets are supported. DoRA, LoRA bias,
+    ``target_parameters`` and initialisations that rewrite W (PiSSA, OLoRA, LoftQ, ...) are rejected.
+    The LoRA term always uses peft's per-module ``scaling`` (alpha / r, or what rank / alpha patterns
+    and rsLoRA make of it).
+    """
+
+    dash_s: int = field(default=8, metadata={"help": "Task-specific directions kept per adapted matrix (the paper's s)."})
+    dash_t: int = field(
+        default=100,
+        metadata={
+            "help": "Optimizer steps of plain LoRA before the directions are chosen (the paper's t). Counted as "
+            "Trainer optimizer steps, so evaluation passes, gradient accumulation and checkpointing do not move it."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = LORA_DASH
+        if isinstance(self.dash_s, bool) or not isinstance(self.dash_s, int) or self.dash_s <= 0:
+            raise ValueError(f"dash_s must be a positive integer, got {self.dash_s!r}")
+        if isinstance(self.dash_t, bool) or not isinstance(self.dash_t, int) or self.dash_t < 0:
+            raise ValueError(f"dash_t must be an integer >= 0, got {self.dash_t!r}")
+        unsupported = {
+            "use_dora": self.use_dora,
+            "lora_bias": self.lora_bias,
+            "init_lora_weights": self.init_lora_weights not in (True, False, "gaussian"),
+            "target_parameters": bool(self.target_parameters),
+        }
+        bad = sorted(k for k, v in unsupported.items() if v)
+        if bad:
+            raise ValueError(f"LoRA-Dash does not combine with these LoRA options: {bad}; leave them at their defaults")

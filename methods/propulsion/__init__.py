@@ -1,0 +1,36 @@
+"""Propulsion (Kowsher, Prottasha, Bhat; arXiv 2409.10927) as a peft tuner and a harness method.
+
+After ``import methods.propulsion`` plain peft code works::
+
+    from peft import get_peft_model, PeftModel
+    model = get_peft_model(base, PropulsionConfig(degree=15))
+    model.save_pretrained(out_dir)                 # adapter_model.safetensors: z vectors (+ modules_to_save)
+    model = PeftModel.from_pretrained(base, out_dir)
+    merged = model.merge_and_unload()              # W' = diag(z**k) W, b' = z**k * b, E' = E * z**k
+"""
+
+from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils.peft_types import register_peft_method
+
+from .config import PAPER_DEGREES, PROPULSION, PropulsionConfig, paper_degree, paper_train_head
+from .layer import Embedding, Linear, PropulsionLayer
+from .model import PropulsionModel
+
+if PROPULSION not in PEFT_TYPE_TO_TUNER_MAPPING:  # module re-execution (e.g. importlib.reload) must not re-register
+    register_peft_method(name="propulsion", config_cls=PropulsionConfig, model_cls=PropulsionModel)
+
+from .method import PropulsionMethod, resolve_degree, resolve_train_head  # noqa: E402  (registers "propulsion")
+
+__all__ = [
+    "PAPER_DEGREES",
+    "Embedding",
+    "Linear",
+    "PropulsionConfig",
+    "PropulsionLayer",
+    "PropulsionMethod",
+    "PropulsionModel",
+    "paper_degree",
+    "paper_train_head",
+    "resolve_degree",
+    "resolve_train_head",
+]

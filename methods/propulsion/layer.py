@@ -1,0 +1,153 @@
+"""Propulsion layers: a frozen base layer whose output is scaled per output unit by z**k."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+SUPPORTED_BASE_LAYERS = (nn.Linear, nn.Embedding, Conv1D)
+
+
+def output_axis_of_weight(base_layer: nn.Module) -> int:
+    """The axis of ``base_layer.weight`` that indexes output units (what z scales)."""
+    if isinstance(base_layer, nn.Linear):
+        return 0  # (out_features, in_features)
+    if isinstance(base_layer, (nn.Embedding, Conv1D)):
+        return 1  # (num_embeddings, embedding_dim) / (in_features, out_features)
+    raise TypeError(
+        f"Propulsion supports {', '.join(c.__name__ for c in SUPPORTED_BASE_LAYERS)}, not {type(base_layer).__name__}"
+    )
+
+
+class PropulsionLayer(BaseTunerLayer):
+    """Mixin holding the per-adapter vectors ``propulsion_z[adapter]`` and degrees of one wrapped layer."""
+
+    adapter_layer_names = ("propulsion_z",)
+    other_param_names = ("propulsion_degree",)
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        self.base_layer = base_layer
+        self.propulsion_z = nn.ParameterDict({})
+        self.propulsion_degree: dict[str, int] = {}
+        self._disable_adapters = False
+        self.merged_adapters = []
+        base = self.get_base_layer()
+        self._out_axis = output_axis_of_weight(base)
+        self.out_features = base.weight.shape[self._out_axis]
+        self.kwargs = kwargs
+
+    def update_layer(self, adapter_name: str, degree: int, init_weights: bool = True, inference_mode: bool = False):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+            raise ValueError(f"degree must be a positive integer, got {degree!r}")
+        z = torch.ones(self.out_features)
+        if not init_weights:
+            z = z + 0.02 * torch.randn(self.out_features)
+        self.propulsion_z[adapter_name] = nn.Parameter(z)
+        self.propulsion_degree[adapter_name] = int(degree)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def get_scale(self, adapter_name: str) -> torch.Tensor:
+        """z**k of one adapter (length out_features); differentiable."""
+        return self.propulsion_z[adapter_name].pow(self.propulsion_degree[adapter_name])
+
+    def _scale_of(self, adapter_names) -> Optional[torch.Tensor]:
+        scale = None
+        for name in adapter_names:
+            if name not in self.propulsion_z:
+                continue
+            s = self.get_scale(name)
+            scale = s if scale is None else scale * s
+        return scale
+
+    # -- merging -----------------------------------------------------------------------------------------------
+    def _rescale_base(self, scale: torch.Tensor, divide: bool) -> None:
+        """weight (along the output axis) and bias times (or divided by) ``scale``, computed in float32."""
+        base = self.get_base_layer()
+        shape = [1] * base.weight.dim()
+        shape[self._out_axis] = -1
+        tensors = [(base.weight, scale.reshape(shape))]
+        if getattr(base, "bias", None) is not None and not isinstance(base, nn.Embedding):
+            tensors.append((base.bias, scale))
+        for param, s in tensors:
+            s = s.to(device=param.device, dtype=torch.float32)
+            value = param.data.float() / s if divide else param.data.float() * s
+            param.data.copy_(value.to(param.dtype))
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Fold z**k into the base layer: W' = diag(z**k) W, b' = z**k * b (embedding columns: E' = E * z**k)."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        for name in adapter_names:
+            if name not in self.propulsion_z:
+                continue
+            scale = self.get_scale(name).detach().float()
+            if safe_merge and not (torch.isfinite(scale).all() and (scale != 0).all()):
+                raise ValueError(
+                    f"z**k of adapter {name!r} has zeros or non-finite entries; merging would lose the base weights."
+                )
+            self._rescale_base(scale, divide=False)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Divide the merged scales back out (exact up to float32 rounding of the weights)."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        while self.merged_adapters:
+            name = self.merged_adapters[-1]
+            if name in self.propulsion_z:
+                scale = self.get_scale(name).detach().float()
+                if not (scale != 0).all():
+                    raise ValueError(
+                        f"Cannot unmerge adapter {name!r}: z**k is 0 for some units, so those weights were zeroed by "
+                        "the merge. Reload the base model instead."
+                    )
+                self._rescale_base(scale, divide=True)
+            self.merged_adapters.pop()
+
+    # -- forward -----------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        scale = self._scale_of(a for a in self.active_adapters if a not in self.merged_adapters)
+        if scale is None:
+            return result
+        return result * scale.to(result.dtype)  # the one elementwise multiply; broadcasts over the last axis
+
+
+class Linear(nn.Module, PropulsionLayer):
+    """Propulsion around ``nn.Linear`` (or transformers ``Conv1D``): y = (x W^T + b) * z**k."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, degree: int, init_weights: bool = True, **kwargs):
+        super().__init__()
+        PropulsionLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, degree, init_weights=init_weights)
+
+    forward = PropulsionLayer.forward
+
+    def __repr__(self) -> str:
+        return "propulsion." + super().__repr__()
+
+
+class Embedding(nn.Module, PropulsionLayer):
+    """Propulsion around ``nn.Embedding``: y = E[ids] * z**k, one z per embedding dimension (column of E)."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, degree: int, init_weights: bool = True, **kwargs):
+        super().__init__()
+        PropulsionLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, degree, init_weights=init_weights)
+
+    forward = PropulsionLayer.forward
+
+    def __repr__(self) -> str:
+        return "propulsion." + super().__repr__()
