@@ -112,6 +112,13 @@ def load_task_data(cfg: Any, required_columns: list[str]) -> TaskData:
     evals: dict = {}
     carve_from = dcfg.get("carve_train_from")
     eval_splits = dict(task.eval_splits)
+    if not carve_from and task.get("carve_if_missing"):
+        # the task may carve its training part out of another split when its train split is unavailable
+        try:
+            load_split(task, task.train_split, data_dir)
+        except DataUnavailable as e:
+            carve_from = task.carve_if_missing
+            info["carve_reason"] = f"train split unavailable ({str(e).split(':')[0]})"
 
     if carve_from:
         whole, source = load_split(task, carve_from, data_dir)
