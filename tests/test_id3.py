@@ -1,0 +1,472 @@
+"""ID3: exact budget, schedule, no lost entries, O(B) state and storage, AdamW semantics, peer parity."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from methods.base import Method, MethodConfigError, MethodContext
+from methods.id3 import ID3Optimizer, apply_delta, read_metadata, resolve_budget
+from methods.id3 import optimizer as id3_optimizer
+from methods.id3 import select as id3_select
+from methods.registry import available, get_method, register
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and far faster than two threads on a shared, loaded CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 3))
+
+
+def _mlp_data(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(20, 6, generator=g), torch.randint(0, 3, (20,), generator=g)
+
+
+def _mlp_step(net, opt, X, Y):
+    opt.zero_grad()
+    nn.functional.cross_entropy(net(X), Y).backward()
+    opt.step()
+
+
+def _bert_batch(seed=0, n=4, length=12):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(0, 128, (n, length), generator=g),
+        "labels": torch.randint(0, 2, (n,), generator=g),
+    }
+
+
+def _ctx(total_steps, **kw):
+    return MethodContext(task_type="seq_cls", model_type="bert", head_modules=["classifier"],
+                         total_steps=total_steps, **kw)
+
+
+TRAIN_CFG = dict(lr=1e-2, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
+
+
+def _id3_cfg(**kw):
+    cfg = dict(name="id3", budget=300, T=4, schedule="incremental", eps=1e-3, exp=0, scope="backbone",
+               base=None, base_cfg={})
+    cfg.update(kw)
+    return cfg
+
+
+def _train(model, opt, steps, seed0=0):
+    model.train(False)  # no dropout: runs are repeatable
+    for s in range(steps):
+        opt.zero_grad()
+        model(**_bert_batch(seed0 + s)).loss.backward()
+        opt.step()
+
+
+def _changed(before: dict, model) -> dict:
+    """name -> flat indices where the model differs from ``before``."""
+    out = {}
+    for n, p in model.named_parameters():
+        d = torch.nonzero(p.detach().reshape(-1) != before[n].reshape(-1)).view(-1)
+        if d.numel():
+            out[n] = d
+    return out
+
+
+def _selected(opt, model) -> dict:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: opt.selected_indices(p) for p in opt.selective_params if opt.selected_indices(p).numel()}
+
+
+def _brute_topk(scores: list, k: int) -> list:
+    """Global top-k positions by (score desc, position asc), over the concatenation."""
+    flat = torch.cat([s.reshape(-1) for s in scores])
+    order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))
+    return sorted(order[:k])
+
+
+# ----------------------------------------------------------------------------------------------- selection core
+def test_det_topk_breaks_ties_by_position():
+    g = torch.Generator().manual_seed(0)
+    for n, k in [(50, 7), (200, 199), (1000, 10), (17, 17)]:
+        vals = torch.randint(0, 4, (n,), generator=g).float()  # heavy ties
+        got = id3_select.det_topk(vals, k).tolist()
+        assert got == _brute_topk([vals], k)
+
+
+def test_chunked_streaming_selection_matches_brute_force(monkeypatch):
+    """Small CHUNK / SAMPLE force the multi-chunk, sampled-threshold and floor paths; the result must not change."""
+    monkeypatch.setattr(id3_optimizer, "CHUNK", 64)
+    monkeypatch.setattr(id3_select, "SAMPLE", 8)
+    g = torch.Generator().manual_seed(3)
+    params = [nn.Parameter(torch.randn(n, generator=g)) for n in (300, 5, 129, 64)]
+    for p in params:  # quantised gradients: many ties, also across tensors and chunks; some zero runs
+        p.grad = torch.randint(-3, 4, (p.numel(),), generator=g).float()
+    params[2].grad[10:100] = 0.0
+    for k in (1, 7, 40, 300, 498):
+        opt = ID3Optimizer(params, budget=498, T=1, free_grads=False)
+        got = opt._select(k, exclude_selected=False)
+        flat = []
+        for i, idx in enumerate(got):
+            flat += (idx + opt._offsets[i]).tolist()
+        assert flat == _brute_topk([p.grad.abs() for p in params], k)
+    # still-masked only: after a first growth, the next pick skips the selected entries
+    opt = ID3Optimizer(params, budget=498, T=1, free_grads=False)
+    opt._grow(57)
+    taken = set()
+    for i, p in enumerate(params):
+        taken |= {int(j) + opt._offsets[i] for j in opt.selected_indices(p)}
+    scores = torch.cat([p.grad.abs() for p in params])
+    scores[list(taken)] = -1.0
+    got = opt._select(100, exclude_selected=True)
+    flat = sorted(int(j) + opt._offsets[i] for i, idx in enumerate(got) for j in idx)
+    assert flat == _brute_topk([scores], 100)
+    assert not (set(flat) & taken)
+
+
+# ----------------------------------------------------------------------------------------------- schedule / budget
+def test_unmasked_count_follows_the_schedule():
+    net = _mlp()
+    X, Y = _mlp_data()
+    opt = ID3Optimizer(net.parameters(), budget=10, T=4, lr=1e-2)
+    counts = []
+    for _ in range(6):
+        _mlp_step(net, opt, X, Y)
+        counts.append(opt.unmasked_count())
+        assert opt.unmasked_count() == opt.expected_unmasked(opt.steps)
+    assert counts == [3, 6, 8, 10, 10, 10]  # 10 // 4 = 2, remainder 2 to the first two steps
+    assert opt.updates_performed == 3 + 6 + 8 + 10 + 10 + 10
+
+
+def test_budget_smaller_than_T_gives_exactly_B():
+    net = _mlp()
+    base = copy.deepcopy(net)
+    X, Y = _mlp_data()
+    opt = ID3Optimizer(net.parameters(), budget=3, T=7, lr=1e-2, weight_decay=0.1)
+    counts = []
+    for _ in range(9):
+        _mlp_step(net, opt, X, Y)
+        counts.append(opt.unmasked_count())
+    assert counts == [1, 2, 3, 3, 3, 3, 3, 3, 3]
+    changed = sum(int((p != q).sum()) for p, q in zip(net.parameters(), base.parameters()))
+    assert changed == 3
+
+
+def test_tied_scores_keep_the_budget_exact_with_weight_decay():
+    """All scores tie every step (constant gradient, equal weights): exactly B entries change, by flat index order."""
+    lin = nn.Linear(16, 16, bias=False)
+    nn.init.constant_(lin.weight, 0.5)
+    base = lin.weight.detach().clone()
+    opt = ID3Optimizer(lin.parameters(), budget=37, T=5, lr=1e-2, weight_decay=0.1, score_exp=1.0)
+    x = torch.ones(3, 16)
+    for _ in range(8):
+        opt.zero_grad()
+        lin(x).sum().backward()
+        opt.step()
+    changed = torch.nonzero(lin.weight.detach().view(-1) != base.view(-1)).view(-1)
+    assert changed.tolist() == list(range(37))
+    assert opt.unmasked_count() == 37
+
+
+def test_ties_across_tensors_go_to_the_earlier_tensor():
+    a, b = nn.Parameter(torch.zeros(10)), nn.Parameter(torch.zeros(10))
+    opt = ID3Optimizer([a, b], budget=15, T=1, lr=1e-2)
+    (a.sum() + b.sum()).backward()
+    opt.step()
+    assert opt.selected_indices(a).tolist() == list(range(10))
+    assert opt.selected_indices(b).tolist() == list(range(5))
+
+
+def test_full_budget_is_exactly_torch_adamw():
+    """With every entry selected at step 0, the sparse update is torch's AdamW (decoupled weight decay included)."""
+    net, ref = _mlp(), _mlp()
+    X, Y = _mlp_data()
+    entries = sum(p.numel() for p in net.parameters())
+    opt = ID3Optimizer(net.parameters(), budget=entries, T=1, lr=1e-2, weight_decay=0.1, betas=(0.8, 0.99))
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1, betas=(0.8, 0.99), foreach=False)
+    for _ in range(5):
+        _mlp_step(net, opt, X, Y)
+        _mlp_step(ref, ref_opt, X, Y)
+    for p, q in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
+
+
+def test_dense_group_is_torch_adamw_and_reads_lr_from_the_group():
+    net, ref = _mlp(), _mlp()
+    X, Y = _mlp_data()
+    sel = nn.Parameter(torch.linspace(-1, 1, 7))
+    opt = ID3Optimizer([{"params": [sel]}, {"params": list(net.parameters()), "selective": False}],
+                       budget=5, T=2, lr=1e-2, weight_decay=0.1)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    ref_sched = torch.optim.lr_scheduler.LambdaLR(ref_opt, lambda s: 1.0 / (1 + s))
+    for _ in range(4):
+        opt.zero_grad()
+        (nn.functional.cross_entropy(net(X), Y) + (sel**3).sum()).backward()
+        opt.step()
+        _mlp_step(ref, ref_opt, X, Y)
+        sched.step()
+        ref_sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 / 5)
+    for p, q in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
+    assert opt.unmasked_count() == 5 and int((sel.detach() != torch.linspace(-1, 1, 7)).sum()) == 5
+
+
+# ----------------------------------------------------------------------------------------------- the method on BERT
+def _bert_id3(model, steps=6, **cfg_kw):
+    method = get_method("id3")
+    cfg = _id3_cfg(**cfg_kw)
+    method.validate(cfg)
+    model = method.apply(model, cfg, _ctx(total_steps=steps))
+    opt = method.create_optimizer(model, cfg, _ctx(total_steps=steps), TRAIN_CFG)
+    return method, cfg, model, opt
+
+
+def test_bert_budget_exact_entries_never_lost_head_dense(tiny_bert):
+    before = {n: p.detach().clone() for n, p in tiny_bert.named_parameters()}
+    method, cfg, model, opt = _bert_id3(tiny_bert, budget=301, T=4)
+    assert method.trainable_parameters(model, cfg) == 301
+    assert all(p.requires_grad for p in model.parameters())  # backbone in scope + dense head
+    prev: dict = {}
+    for s in range(6):
+        _train(model, opt, 1, seed0=s)
+        sel = _selected(opt, model)
+        for n, idx in prev.items():  # the mask only grows
+            assert set(idx.tolist()) <= set(sel[n].tolist())
+        prev = sel
+        assert sum(v.numel() for v in sel.values()) == opt.expected_unmasked(s + 1)
+    assert sum(v.numel() for v in prev.values()) == 301
+    changed = _changed(before, model)
+    head = {n for n in changed if n.startswith("classifier.")}
+    assert head == {"classifier.weight", "classifier.bias"}
+    assert changed["classifier.weight"].numel() == model.classifier.weight.numel()  # dense head
+    backbone_changed = 0
+    for n, idx in changed.items():
+        if n in head:
+            continue
+        assert set(idx.tolist()) <= set(prev[n].tolist()), n  # nothing outside the mask moved
+        backbone_changed += idx.numel()
+    # exp = 0 picks the largest |g| first, all non-zero here, so every selected entry moved: exactly B differ
+    assert backbone_changed == 301
+    state = method.record_state(model, cfg)
+    assert state["unmasked"] == 301 and state["steps"] == 6 and state["budget"] == 301
+    assert state["updates_performed"] == sum(opt.expected_unmasked(s) for s in range(1, 7))
+    assert not state["budget_is_per_step"]
+
+
+def test_optimizer_state_is_order_budget(tiny_bert):
+    method, cfg, model, opt = _bert_id3(tiny_bert, budget=200, T=3)
+    _train(model, opt, 4)
+    numel = opt.state_numel()
+    assert numel["selective"] == 3 * 200  # idx + exp_avg + exp_avg_sq per selected entry
+    assert numel["dense"] == 2 * sum(p.numel() for p in model.classifier.parameters())
+    assert all(p.grad is None for p in opt.selective_params)  # grads freed after the step
+
+
+def test_save_apply_roundtrip_reproduces_the_model(tiny_bert, tmp_path):
+    from tests.conftest import tiny_bert_config
+    from transformers import BertForSequenceClassification
+
+    method, cfg, model, opt = _bert_id3(tiny_bert, budget=250, T=3)
+    _train(model, opt, 5)
+    method.save(model, cfg, str(tmp_path))
+    meta = read_metadata(str(tmp_path))
+    assert meta["budget"] == 250 and meta["unmasked"] == 250
+
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "id3_delta.safetensors"), framework="pt") as f:
+        stored = sum(f.get_tensor(k).numel() for k in f.keys() if k.endswith("::idx"))
+        dense = {k for k in f.keys() if k.endswith("::dense")}
+    assert stored == 250  # O(B): only the selected entries
+    assert dense == {"classifier.weight::dense", "classifier.bias::dense"}
+
+    torch.manual_seed(0)
+    fresh = BertForSequenceClassification(tiny_bert_config()).eval()
+    apply_delta(fresh, str(tmp_path))
+    for (n, p), (_, q) in zip(model.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(p, q), n
+    batch = _bert_batch(99)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=batch["input_ids"]).logits, fresh(input_ids=batch["input_ids"]).logits)
+
+
+def test_static_and_dynamic_schedules(tiny_bert, tmp_path):
+    from tests.conftest import tiny_bert_config
+    from transformers import BertForSequenceClassification
+
+    before = {n: p.detach().clone() for n, p in tiny_bert.named_parameters()}
+    method, cfg, model, opt = _bert_id3(tiny_bert, budget=120, T=5, schedule="dynamic")
+    for s in range(5):
+        _train(model, opt, 1, seed0=s)
+        assert opt.unmasked_count() == 120  # B per step
+    changed = _changed(before, model)
+    ever = sum(v.numel() for n, v in changed.items() if not n.startswith("classifier."))
+    state = method.record_state(model, cfg)
+    assert state["budget_is_per_step"] and "may exceed B" in state["note"]
+    assert ever <= state["changed_entries"] and state["changed_entries"] > 120  # masks moved between steps
+    method.save(model, cfg, str(tmp_path))
+    torch.manual_seed(0)
+    fresh = BertForSequenceClassification(tiny_bert_config()).eval()
+    apply_delta(fresh, str(tmp_path))
+    for (n, p), (_, q) in zip(model.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(p, q), n
+
+    torch.manual_seed(0)
+    m2 = BertForSequenceClassification(tiny_bert_config()).eval()
+    _, _, m2, opt2 = _bert_id3(m2, budget=120, T=5, schedule="static")
+    _train(m2, opt2, 1)
+    first = _selected(opt2, m2)
+    _train(m2, opt2, 3, seed0=1)
+    assert opt2.unmasked_count() == 120
+    assert {n: v.tolist() for n, v in _selected(opt2, m2).items()} == {n: v.tolist() for n, v in first.items()}
+
+
+def test_optimizer_checkpoint_resume_is_exact():
+    X, Y = _mlp_data()
+    net_a, net_b = _mlp(), _mlp()
+    opt_a = ID3Optimizer(net_a.parameters(), budget=30, T=6, lr=1e-2, weight_decay=0.1)
+    for _ in range(6):
+        _mlp_step(net_a, opt_a, X, Y)
+    opt_b = ID3Optimizer(net_b.parameters(), budget=30, T=6, lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        _mlp_step(net_b, opt_b, X, Y)
+    sd = copy.deepcopy(opt_b.state_dict())
+    opt_c = ID3Optimizer(net_b.parameters(), budget=30, T=6, lr=1e-2, weight_decay=0.1)
+    opt_c.load_state_dict(sd)
+    assert all(opt_c.state[p]["idx"].dtype == torch.long for p in opt_c.selective_params if "idx" in opt_c.state[p])
+    for _ in range(3):
+        _mlp_step(net_b, opt_c, X, Y)
+    assert opt_c.steps == 6 and opt_c.unmasked_count() == 30
+    for p, q in zip(net_a.parameters(), net_b.parameters()):
+        assert torch.equal(p, q)
+
+
+# ----------------------------------------------------------------------------------------------- config / composition
+def test_validate_rejects_bad_options_with_hints():
+    m = get_method("id3")
+    for bad, word in [
+        (dict(budget=0), "budget"), (dict(budget=-5), "budget"), (dict(budget=1.5), "budget"),
+        (dict(budget=True), "budget"), (dict(exp=-1), "exp"), (dict(eps=0), "eps"),
+        (dict(schedule="weekly"), "schedule"), (dict(T=0), "T"), (dict(scope="head"), "scope"),
+        (dict(base="lorra"), "base"), (dict(base="id3"), "base"),
+    ]:
+        with pytest.raises(MethodConfigError, match=word):
+            m.validate(_id3_cfg(**bad))
+    m.validate(_id3_cfg(budget=0.01))
+    m.validate(_id3_cfg(budget=1e5))
+    assert resolve_budget(0.01, 12345) == 123
+    assert resolve_budget(10**9, 500) == 500
+
+
+def test_missing_T_is_an_actionable_error(tiny_bert):
+    m = get_method("id3")
+    with pytest.raises(MethodConfigError, match="method.T"):
+        m.apply(tiny_bert, _id3_cfg(T=None), _ctx(total_steps=None))
+
+
+class _BiasOnly(Method):
+    """Stand-in base method: only biases (and the head) train, like BitFit."""
+
+    name = "_id3_test_bias_only"
+
+    def apply(self, model, cfg, ctx):
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.endswith(".bias") or n.startswith("classifier."))
+        return model
+
+
+register(_BiasOnly)
+
+
+def test_composition_with_a_base_method_counts_its_entries(tiny_bert):
+    before = {n: p.detach().clone() for n, p in tiny_bert.named_parameters()}
+    method, cfg, model, opt = _bert_id3(tiny_bert, budget=40, T=3, base="_id3_test_bias_only")
+    assert all(n.endswith(".bias") for n in model._id3_plan.scope_names)
+    assert model._id3_plan.head_names == ["classifier.weight", "classifier.bias"]
+    assert not model.bert.encoder.layer[0].attention.self.query.weight.requires_grad
+    _train(model, opt, 4)
+    changed = _changed(before, model)
+    assert sum(v.numel() for n, v in changed.items() if not n.startswith("classifier.")) <= 40
+    assert opt.unmasked_count() == 40
+    assert all(n.endswith(".bias") or n.startswith("classifier.") for n in changed)
+
+
+@pytest.mark.skipif("lora" not in available(), reason="methods/peft_methods.py has no 'lora' yet")
+def test_composition_with_lora_roundtrip(tiny_bert, tmp_path):
+    from tests.conftest import tiny_bert_config
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(123)
+    method, cfg, model, opt = _bert_id3(tiny_bert, budget=64, T=4, base="lora",
+                                        base_cfg={"r": 2, "alpha": 4, "dropout": 0.0})
+    scope = model._id3_plan.scope_names
+    assert scope and all("lora_" in n for n in scope)
+    assert model._id3_plan.scope_entries == 2 * 2 * (2 * 32 * 2)  # 2 layers x q,v x (A + B), r=2, hidden 32
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _train(model, opt, 5)
+    changed = _changed(before, model)
+    lora_changed = sum(v.numel() for n, v in changed.items() if "lora_" in n)
+    assert 0 < lora_changed <= 64 and opt.unmasked_count() == 64
+    assert all("lora_" in n or "classifier" in n for n in changed)  # pretrained weights untouched
+    method.save(model, cfg, str(tmp_path))
+
+    torch.manual_seed(0)
+    fresh = BertForSequenceClassification(tiny_bert_config()).eval()
+    torch.manual_seed(123)  # LoRA's A is random: the starting point needs the same seed
+    fresh = get_method("lora").apply(fresh, model._id3_plan.base_cfg, _ctx(total_steps=5))
+    apply_delta(fresh, str(tmp_path))
+    batch = _bert_batch(7)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=batch["input_ids"]).logits,
+                                   fresh(input_ids=batch["input_ids"]).logits, rtol=0, atol=0)
+
+
+def test_trainer_drives_the_optimizer(tiny_bert, tmp_path):
+    """The harness path: transformers.Trainer with our optimizer; its LR scheduler sets each group's lr."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    method, cfg, model, opt = _bert_id3(tiny_bert, budget=90, T=3)
+    rows = [{"input_ids": _bert_batch(i, n=1)["input_ids"][0].tolist(), "labels": i % 2} for i in range(8)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=4,
+                             learning_rate=1e-2, lr_scheduler_type="linear", report_to="none",
+                             save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=100)
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), optimizers=(opt, None))
+    trainer.train()
+    assert opt.steps == 4 and opt.unmasked_count() == 90
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0)  # linear decay to 0 reached the group
+
+
+# ----------------------------------------------------------------------------------------------- peer
+@pytest.mark.parametrize("exp", [0.0, 1.0])
+def test_same_selection_as_selective_optimizers(exp):
+    """The authors' package (selective-optimizers 0.4) selects the same entries and gives the same weights when scores
+    have no ties. Its optimizer never advances its own step counter, so the test advances it (B % T != 0 here), and
+    it keeps unmasking past T, so the comparison covers T steps."""
+    wrap = pytest.importorskip("selective_optimizers.wrap", reason="selective-optimizers (test-only) not installed")
+    X, Y = _mlp_data()
+    ours_net, peer_net = _mlp(), _mlp()
+    B, T = 41, 8
+    ours = ID3Optimizer(ours_net.parameters(), budget=B, T=T, lr=1e-2, score_eps=1e-3, score_exp=exp,
+                        free_grads=False)
+    peer_cls = wrap.get_selective_optimizer(torch.optim.AdamW, "id3")
+    peer = peer_cls(peer_net.parameters(), lr=1e-2, budget=B, max_steps=T, eps=1e-3, exp=exp, verify=False)
+    for _ in range(T):
+        _mlp_step(ours_net, ours, X, Y)
+        _mlp_step(peer_net, peer, X, Y)
+        peer.global_step += 1
+        for p, q, mask in zip(ours_net.parameters(), peer_net.parameters(), peer.param_groups[0]["chosen_masks"]):
+            mine = torch.zeros(p.numel(), dtype=torch.bool)
+            mine[ours.selected_indices(p)] = True
+            assert torch.equal(mine, mask.reshape(-1))
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
+    assert ours.unmasked_count() == peer.get_budget_used() == B
