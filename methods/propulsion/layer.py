@@ -11,6 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 SUPPORTED_BASE_LAYERS = (nn.Linear, nn.Embedding, Conv1D)
+SAVE_OUTPUT_FOR_BACKWARD = True
 
 
 def output_axis_of_weight(base_layer: nn.Module) -> int:
@@ -22,6 +23,33 @@ def output_axis_of_weight(base_layer: nn.Module) -> int:
     raise TypeError(
         f"Propulsion supports {', '.join(c.__name__ for c in SUPPORTED_BASE_LAYERS)}, not {type(base_layer).__name__}"
     )
+
+
+class _ScaleOutput(torch.autograd.Function):
+    """``result * scale`` that keeps its *output* (not its input) for the backward pass.
+
+    The gradient of the scale is sum(grad * result) = sum(grad * output) / scale. Downstream ops usually keep the
+    output alive anyway (GELU, attention), so the layer adds no saved activation of its own; a plain multiply would
+    keep ``result`` as an extra copy per wrapped layer.
+    """
+
+    @staticmethod
+    def forward(ctx, result: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        output = result * scale
+        ctx.save_for_backward(output, scale)
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        output, scale = ctx.saved_tensors
+        grad_result = grad * scale if ctx.needs_input_grad[0] else None
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            summed = (grad * output).reshape(-1, output.shape[-1]).sum(0)
+            # where z**k == 0 the output carries no trace of the input; d(z**k)/dz is 0 there anyway for k > 1
+            grad_scale = torch.where(scale != 0, summed / scale, torch.zeros_like(summed))
+        return grad_result, grad_scale
 
 
 class PropulsionLayer(BaseTunerLayer):
@@ -120,7 +148,10 @@ class PropulsionLayer(BaseTunerLayer):
         scale = self._scale_of(a for a in self.active_adapters if a not in self.merged_adapters)
         if scale is None:
             return result
-        return result * scale.to(result.dtype)  # the one elementwise multiply; broadcasts over the last axis
+        scale = scale.to(result.dtype)
+        if SAVE_OUTPUT_FOR_BACKWARD and torch.is_grad_enabled() and scale.requires_grad:
+            return _ScaleOutput.apply(result, scale)
+        return result * scale  # the one elementwise multiply; broadcasts over the last axis
 
 
 class Linear(nn.Module, PropulsionLayer):
