@@ -71,3 +71,60 @@ def shared_data():
     if not (SHARED_DATA / "glue").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (set BENCH_DATA_DIR)")
     return SHARED_DATA
+
+
+# --- generated GLUE data in the hub schema (for loaders of tasks absent from ../shared/data) --------
+GLUE_SCHEMAS = {
+    "cola": (["sentence"], "int", ["train", "validation"]),
+    "sst2": (["sentence"], "int", ["train", "validation"]),
+    "mrpc": (["sentence1", "sentence2"], "int", ["train", "validation"]),
+    "qqp": (["question1", "question2"], "int", ["train", "validation"]),
+    "stsb": (["sentence1", "sentence2"], "float", ["train", "validation"]),
+    "mnli": (["premise", "hypothesis"], "int3", ["train", "validation_matched", "validation_mismatched"]),
+    "qnli": (["question", "sentence"], "int", ["train", "validation"]),
+    "rte": (["sentence1", "sentence2"], "int", ["train", "validation"]),
+}
+WORDS = "the cat sat on a mat while dogs ran fast over green hills and nobody saw it happen again".split()
+
+
+def write_glue_fixture(root, n_train=24, n_eval=12, seed=0):
+    """Small parquet files with the hub's column names and dtypes for all eight GLUE tasks."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    for task, (fields, kind, splits) in GLUE_SCHEMAS.items():
+        for split in splits:
+            n = n_train if split == "train" else n_eval
+            cols = {f: [" ".join(rng.choice(WORDS, size=rng.integers(3, 12))) for _ in range(n)] for f in fields}
+            if kind == "float":
+                cols["label"] = rng.uniform(0, 5, size=n).astype("float32")
+            else:
+                cols["label"] = rng.integers(0, 3 if kind == "int3" else 2, size=n).astype("int64")
+            cols["idx"] = np.arange(n, dtype="int32")
+            d = Path(root) / "glue" / task
+            d.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(cols).to_parquet(d / f"{split}.parquet", index=False)
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory):
+    return write_glue_fixture(tmp_path_factory.mktemp("glue_data"))
+
+
+def compose_cfg(overrides):
+    """The real root config, composed as the CLI does (for in-process tests)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_cli(args, env_extra=None, timeout=600):
+    """`python -m bench ...` in a subprocess; returns CompletedProcess."""
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)

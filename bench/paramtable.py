@@ -1,0 +1,161 @@
+"""`python -m bench params model=<m> method=<x>[,<y>...] [task=<t>] [method.<key>=...]`
+
+Trainable and total parameters at paper scale, without downloading weights: the model is built from an
+embedded architecture config (bench/arch.py) on the meta device, each method's real ``apply`` runs on it,
+and bench.params.count_parameters - the counter every record uses - counts it. Shared weights count once;
+the task head is reported apart.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from bench.errors import BenchError
+
+FAMILY_TASK_TYPES = {"glue": "seq_cls", "squad": "qa", "reasoning": "causal_lm"}
+
+
+def _split(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(methods, method.* overrides, other overrides)."""
+    methods: list[str] = []
+    method_keys: list[str] = []
+    rest: list[str] = []
+    for a in argv:
+        key = a.split("=", 1)[0]
+        if key == "method":
+            methods += [m.strip() for m in a.split("=", 1)[1].split(",") if m.strip()]
+        elif key.lstrip("+~").startswith("method."):
+            method_keys.append(a)
+        else:
+            rest.append(a)
+    return methods, method_keys, rest
+
+
+def task_type_for(cfg, explicit_task: bool) -> str:
+    """The task family's model type; a decoder-only model with no task= given is counted as a causal LM."""
+    from bench.arch import is_decoder
+
+    if not explicit_task and is_decoder(cfg.model):
+        return "causal_lm"
+    family = cfg.task.get("family", "glue")
+    try:
+        from bench.tasks import get_family
+
+        return get_family(family).task_type
+    except BenchError:
+        if family in FAMILY_TASK_TYPES:
+            return FAMILY_TASK_TYPES[family]
+        raise
+
+
+def count_for(cfg, task_type: str, total_steps: int = 1000) -> dict[str, Any]:
+    """Build the model on the meta device, apply the configured method, count. One row of the table."""
+    import torch
+
+    from bench.arch import build_meta
+    from bench.models import head_modules
+    from bench.params import count_parameters
+    from bench.runner import plain, resolve_method
+    from methods import MethodContext
+
+    method = resolve_method(cfg)
+    head_kwargs: dict[str, Any] = {}
+    if task_type == "seq_cls":
+        n = int(cfg.task.get("num_labels") or 2)
+        head_kwargs["num_labels"] = n
+        if n == 1:
+            head_kwargs["problem_type"] = "regression"
+    model = build_meta(cfg.model, task_type, **head_kwargs)
+    heads = head_modules(model)
+    base_total = count_parameters(model)["total"]
+    ctx = MethodContext(
+        task_type=task_type,
+        task_name=cfg.task.name,
+        model_type=model.config.model_type,
+        head_modules=heads,
+        train_head=task_type != "causal_lm",
+        total_steps=total_steps,  # only schedules depend on it (ID3's B/T), never a count
+        seed=int(cfg.seed),
+        cache_dir="/nonexistent-bench-params-cache",  # nothing may be cached from shapes
+        num_labels=cfg.task.get("num_labels"),
+    )
+    mcfg = plain(cfg.method)
+    with torch.device("meta"):  # new adapter tensors live on meta too
+        model = method.apply(model, mcfg, ctx)
+    counts = count_parameters(model, heads, base_total, method.trainable_parameters(model, mcfg))
+    counts["head_modules"] = heads
+    return counts
+
+
+def params_table(argv: list[str]):
+    """The rows of `bench params` as a pandas DataFrame (one row per method)."""
+    import pandas as pd
+
+    from bench.cli import CONF_DIR, compose
+
+    methods, method_keys, rest = _split(argv)
+    known = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+    explicit_task = any(a.split("=", 1)[0] == "task" for a in rest)
+    if not methods:
+        methods = [str(compose(rest).method.name)]
+    rows = []
+    heads = None
+    for m in methods:
+        if m not in known:
+            rows.append({"method": m, "error": f"no conf/method/{m}.yaml (known: {', '.join(known)})"})
+            continue
+        base = compose([*rest, f"method={m}"])
+        applicable, skipped = [], []
+        for o in method_keys:
+            key = o.split("=", 1)[0]
+            top = key.lstrip("+~").split(".")[1]
+            (applicable if key.startswith("+") or top in base.method else skipped).append(o)
+        cfg = compose([*rest, f"method={m}", *applicable]) if applicable else base
+        task_type = task_type_for(cfg, explicit_task)
+        try:
+            c = count_for(cfg, task_type)
+        except BenchError as e:
+            rows.append({"method": m, "error": str(e)})
+            continue
+        heads = c["head_modules"]
+        rows.append(
+            {
+                "method": m,
+                "trainable (method)": c["trainable_method"],
+                "trainable (head)": c["trainable_head"],
+                "trainable": c["trainable"],
+                "total": c["total"],
+                "trainable %": c["trainable_pct"],
+                "options": ", ".join(o.lstrip("+") for o in applicable),
+                "ignored": ", ".join(skipped),
+            }
+        )
+    info = {"model": str(base.model.name), "task": str(base.task.name), "task_type": task_type, "heads": heads}
+    return pd.DataFrame(rows), info
+
+
+def format_table(df) -> str:
+    from tabulate import tabulate
+
+    shown = df.copy()
+    for col in ("trainable (method)", "trainable (head)", "trainable", "total"):
+        if col in shown:
+            shown[col] = shown[col].map(lambda v: "-" if v != v else f"{int(v):,}")
+    if "trainable %" in shown:
+        shown["trainable %"] = shown["trainable %"].map(lambda v: "-" if v != v else f"{v:.4f}")
+    for col in ("options", "ignored", "error"):
+        if col in shown and not shown[col].fillna("").astype(bool).any():
+            shown = shown.drop(columns=col)
+    return tabulate(shown.fillna(""), headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+
+
+def main(argv: list[str]) -> None:
+    try:
+        df, info = params_table(argv)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    print(f"model {info['model']} ({info['task_type']}, task {info['task']}; head modules {info['heads']}), "
+          "counted on the meta device, no weights read")
+    print(format_table(df))
