@@ -117,7 +117,7 @@ class DashLinear(LoraLinear):
     other_param_names = LoraLayer.other_param_names + DASH_BUFFERS
 
     def __init__(self, base_layer, adapter_name: str, config, **kwargs) -> None:
-        super().__init__(base_layer, adapter_name, config=config, r=config.r, lora_alpha=config.lora_alpha, **kwargs)
+        super().__init__(base_layer, adapter_name, config=config, **kwargs)
         self.register_load_state_dict_post_hook(DashLinear._refresh_switch_flags)
 
     def resolve_lora_variant(self, *, config, **kwargs) -> LoraVariant:

@@ -1,0 +1,179 @@
+"""LoRA-Dash (Si et al., arXiv 2409.01035, ICLR 2025) as a peft method and a harness Method.
+
+Phase 1 (pre-launch): plain LoRA (peft's layers, unchanged) for t optimizer steps.
+Phase 2 (dash): per adapted matrix W = U S V^T, keep the s directions with the largest
+delta_i = |u_i^T dW v_i| / s_i (dW = (alpha/r) B A) and train one scale per direction:
+    y = W x + (alpha/r) B A x + U_s diag(d) V_s^T x,   d initialised to 0, no LoRA scaling on d.
+
+Design choices (see the module docstrings for details):
+- Own peft type ``LORA_DASH`` (LoraDashConfig / LoraDashModel / DashLinear, a LoRA variant), so
+  save_pretrained, PeftModel.from_pretrained, merge_and_unload work with peft's own functions and a
+  reload can never silently degrade to plain LoRA.
+- d is a parameter from apply time on, so the harness's optimizer and the Trainer's LR schedule
+  hold it from the start with the same lr / weight-decay group as A and B. Before the switch the
+  forward pass does not use d, its grad stays None and torch optimizers skip it completely (no
+  decay, no Adam state, no step count): it is exactly as if d joined the optimizer at the switch.
+- The switch is a TrainerCallback on optimizer steps (state.global_step); its state lives in
+  buffers of the adapter, so checkpoints and reloads carry it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import Any, Mapping
+
+from methods.base import Method, MethodConfigError, MethodContext
+from methods.lora_dash.callback import LoraDashSwitchCallback
+from methods.lora_dash.config import LORA_DASH, LoraDashConfig
+from methods.lora_dash.layer import DashLinear
+from methods.lora_dash.model import LoraDashModel, dash_layers, is_switched, switch_step, switch_to_dash
+from methods.registry import register
+from methods.targets import resolve_targets
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LORA_DASH",
+    "DashLinear",
+    "LoraDash",
+    "LoraDashConfig",
+    "LoraDashModel",
+    "LoraDashSwitchCallback",
+    "dash_layers",
+    "is_switched",
+    "switch_step",
+    "switch_to_dash",
+]
+
+# LoRA's defaults (conf/method/lora.yaml) plus the paper's s and t, so that method=lora and
+# method=lora_dash differ by the dash term only; the paper's runs are the *_glue / *_commonsense presets
+_DEFAULTS: dict[str, Any] = {
+    "r": 8,
+    "alpha": 16,
+    "dropout": 0.1,
+    "target_modules": None,
+    "target_roles": ["q", "v"],
+    "t": 100,
+    "s": 8,
+    "train_head": "auto",
+    "svd_cache": True,
+}
+_KNOWN = set(_DEFAULTS) | {"name"}
+
+
+def _int(cfg: Mapping[str, Any], key: str) -> int:
+    v = cfg.get(key, _DEFAULTS[key])
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v)
+    raise MethodConfigError(f"method.{key} must be an integer (got {v!r}); e.g. method.{key}={_DEFAULTS[key]}")
+
+
+@register
+class LoraDash(Method):
+    """LoRA-Dash. Defaults: s=8, t=100 (the paper's); r / alpha / dropout / targets as LoRA's defaults."""
+
+    name = "lora_dash"
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def validate(self, cfg: Mapping[str, Any]) -> None:
+        unknown = sorted(set(cfg) - _KNOWN)
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, sorted(_KNOWN), n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise MethodConfigError(
+                f"unknown lora_dash option(s): {', '.join(hints)}; valid options: {', '.join(sorted(_KNOWN - {'name'}))}"
+            )
+        r, s, t = _int(cfg, "r"), _int(cfg, "s"), _int(cfg, "t")
+        if r <= 0:
+            raise MethodConfigError(f"method.r must be a positive integer (got {r}); e.g. method.r=8")
+        if s <= 0:
+            raise MethodConfigError(f"method.s (directions per matrix) must be a positive integer (got {s}); e.g. method.s=8")
+        if t < 0:
+            raise MethodConfigError(f"method.t (optimizer steps before the switch) must be >= 0 (got {t}); e.g. method.t=100")
+        try:
+            alpha = float(cfg.get("alpha", _DEFAULTS["alpha"]))
+        except (TypeError, ValueError):
+            alpha = float("nan")
+        if not alpha > 0:
+            raise MethodConfigError(f"method.alpha must be > 0 (got {cfg.get('alpha')!r}); e.g. method.alpha=16")
+        try:
+            dropout = float(cfg.get("dropout", _DEFAULTS["dropout"]))
+        except (TypeError, ValueError):
+            dropout = float("nan")
+        if not 0.0 <= dropout < 1.0:
+            raise MethodConfigError(f"method.dropout must be in [0, 1) (got {cfg.get('dropout')!r})")
+        if not cfg.get("target_modules") and not cfg.get("target_roles", _DEFAULTS["target_roles"]):
+            raise MethodConfigError("set method.target_roles (e.g. [q,k,v,o,in,out]) or method.target_modules")
+        if cfg.get("train_head", "auto") not in ("auto", True, False):
+            raise MethodConfigError(f"method.train_head must be auto, true or false (got {cfg.get('train_head')!r})")
+        if not isinstance(cfg.get("svd_cache", True), bool):
+            raise MethodConfigError(f"method.svd_cache must be true or false (got {cfg.get('svd_cache')!r})")
+
+    def peft_config(self, cfg: Mapping[str, Any], ctx: MethodContext) -> LoraDashConfig:
+        self.validate(cfg)
+        roles = cfg.get("target_roles", _DEFAULTS["target_roles"])
+        try:
+            targets = resolve_targets(ctx.model_type, cfg.get("target_modules"), roles)
+        except KeyError as e:
+            raise MethodConfigError(
+                f"{e.args[0]} (e.g. for LLaMA the paper's commonsense runs use method.target_roles=[q,k,v,up,down]; "
+                "or pass explicit method.target_modules)"
+            ) from None
+        train_head = cfg.get("train_head", "auto")
+        if train_head == "auto":
+            train_head = ctx.train_head
+        return LoraDashConfig(
+            r=_int(cfg, "r"),
+            lora_alpha=float(cfg.get("alpha", _DEFAULTS["alpha"])),
+            lora_dropout=float(cfg.get("dropout", _DEFAULTS["dropout"])),
+            target_modules=targets,
+            modules_to_save=list(ctx.head_modules) if (train_head and ctx.head_modules) else None,
+            dash_s=_int(cfg, "s"),
+            dash_t=_int(cfg, "t"),
+        )
+
+    def apply(self, model, cfg: Mapping[str, Any], ctx: MethodContext):
+        from peft import get_peft_model
+
+        config = self.peft_config(cfg, ctx)
+        if ctx.total_steps is not None and config.dash_t >= ctx.total_steps:
+            log.warning(
+                "LoRA-Dash t=%d >= the run's %d optimizer steps: it will never switch and trains plain LoRA",
+                config.dash_t, ctx.total_steps,
+            )
+        return get_peft_model(model, config)
+
+    def callbacks(self, model, cfg: Mapping[str, Any], ctx: MethodContext) -> list:
+        cache_dir = ctx.cache_dir if cfg.get("svd_cache", _DEFAULTS["svd_cache"]) else None
+        return [LoraDashSwitchCallback(t=_int(cfg, "t"), cache_dir=cache_dir)]
+
+    def record_state(self, model, cfg: Mapping[str, Any]) -> dict:
+        layers = [m for _, m in dash_layers(model)]
+        adapter = getattr(model, "active_adapter", "default")
+        s = _int(cfg, "s")
+        out: dict[str, Any] = {
+            "t": _int(cfg, "t"),
+            "s": s,
+            "adapted_matrices": len(layers),
+            "dash_parameters": sum(m.lora_dash_d[adapter].numel() for m in layers if adapter in m.lora_dash_d),
+            "switched": is_switched(model),
+            "switch_step": switch_step(model),
+        }
+        history = getattr(getattr(model, "base_model", model), "__dict__", {}).get("_lora_dash_switch_info", [])
+        if history:
+            # the one-time cost of the switch done in this process (absent after a post-switch resume)
+            out["switch_cost"] = history[-1]
+        if out["switched"]:
+            # how "task-specific" the chosen directions are: share among the s largest singular directions
+            idx = [m.lora_dash_index[adapter].detach().cpu() for m in layers if adapter in m.lora_dash_index]
+            top = sum(int((i < s).sum()) for i in idx)
+            total = sum(i.numel() for i in idx)
+            out["chosen_in_top_s_fraction"] = round(top / total, 4) if total else None
+        return out
