@@ -140,10 +140,30 @@ def test_bad_task_settings_are_rejected_with_a_fix():
     cfg = compose(["task=squad_v2", "model=tiny-bert", "task.null_threshold=maybe"])
     with pytest.raises(BenchError, match="null_threshold"):
         get_family("squad")(cfg, Path("/tmp")).validate()
+    cfg = compose(["task=squad", "model=tiny-bert", "task.main_metric=HasAns_f1"])  # a v2-only metric on v1
+    with pytest.raises(BenchError, match="main_metric"):
+        get_family("squad")(cfg, Path("/tmp")).validate()
     for task in ("squad", "squad_v2"):
         cfg = compose([f"task={task}", "model=tiny-bert"])
         get_family(cfg.task.family)(cfg, Path("/tmp")).validate()
         assert cfg.task.main_metric == "f1" and cfg.task.group_field == "title"
+
+
+def test_training_part_is_carved_from_validation_disjoint_by_article(tmp_path, monkeypatch):
+    if not SQUAD_DEV.is_file():
+        pytest.skip(f"SQuAD v1.1 validation not found at {SQUAD_DEV}")
+    monkeypatch.setattr("bench.data.hub_reachable", lambda: False)
+    cfg = compose(["task=squad", "model=tiny-bert", f"data_dir={DATA}", "data.max_eval_samples=300"])
+    data = get_family("squad")(cfg, tmp_path).load_data()
+    assert data.info["carved"]["from"] == "validation" and data.info["carved"]["group_field"] == "title"
+    assert "train split unavailable" in data.info["carve_reason"]
+    assert not set(data.train["title"]) & set(data.evals["default"]["title"])  # no article on both sides
+    assert not set(data.train["context"]) & set(data.evals["default"]["context"])
+    assert data.info["train_size"] + data.info["eval_sizes_full"]["default"] == 10570
+    # squad_v2 without any source: one message naming the folder to fill
+    cfg = compose(["task=squad_v2", "model=tiny-bert", f"data_dir={tmp_path}"])
+    with pytest.raises(BenchError, match="squad/squad_v2"):
+        get_family("squad")(cfg, tmp_path).load_data()
 
 
 # ------------------------------------------------------------------------------------------------

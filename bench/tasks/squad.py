@@ -260,6 +260,9 @@ class SquadFamily(TaskFamily):
     def validate(self) -> None:
         t = self.task
         problems = [f"task {t.name}: {p}" for p in self.settings.problems()]
+        unknown = [m for m in t.get("metrics", []) if m not in self.metric_names()]
+        if unknown:
+            problems.append(f"task {t.name}: metrics {unknown} are not computed here; known: {self.metric_names()}")
         keys = {metric_key(m, a) for m in self.metric_names() for a in t.eval_splits}
         if t.main_metric not in keys:
             problems.append(f"task {t.name}: main_metric {t.main_metric!r} is not one of {sorted(keys)}")
