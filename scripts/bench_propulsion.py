@@ -35,8 +35,12 @@ def _rss_mib() -> tuple[float, float]:
 
 def build(method: str, model_path: str):
     import torch
+    import transformers
     from peft import IA3Config, LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
 
     sys.path.insert(0, str(ROOT))
     from methods.propulsion import PropulsionConfig
@@ -55,7 +59,11 @@ def build(method: str, model_path: str):
 
 
 def worker(method: str, model_path: str, threads: int, batch: int, seq: int, warmup: int, conn) -> None:
+    import warnings
+
     import torch
+
+    warnings.filterwarnings("ignore")
 
     torch.set_num_threads(threads)
     model = build(method, model_path)

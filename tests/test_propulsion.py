@@ -213,6 +213,16 @@ def test_trained_head_is_saved_and_not_scaled(tmp_path):
     torch.testing.assert_close(loaded(input_ids=IDS).logits, expected, atol=0, rtol=0)
 
 
+def test_a_second_adapter_trains_alone_when_active():
+    model = get_peft_model(roberta(), P.PropulsionConfig(degree=3))
+    model.add_adapter("other", P.PropulsionConfig(degree=5, init_weights=False))
+    first = model(input_ids=IDS).logits
+    model.set_adapter("other")
+    assert not torch.allclose(model(input_ids=IDS).logits, first)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith("propulsion_z.other") for n in trainable)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # gradients and parameter counts
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,6 +247,19 @@ def test_degree_multiplies_the_gradient_of_z_at_one():
     assert grads[1].keys() == grads[7].keys()
     for n in grads[1]:
         torch.testing.assert_close(grads[7][n], 7 * grads[1][n], rtol=1e-4, atol=1e-8)
+
+
+def test_gradient_checkpointing_gives_the_same_z_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = get_peft_model(roberta(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                               P.PropulsionConfig(init_weights=False))  # fmt: skip
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model(input_ids=IDS, labels=torch.tensor([0, 1])).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for n, p in sorted(model.named_parameters()) if "propulsion_z" in n]))
+    torch.testing.assert_close(grads[1], grads[0])
 
 
 def test_roberta_base_has_the_papers_86018_trainable_parameters():
