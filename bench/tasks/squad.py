@@ -31,6 +31,7 @@ from bench.tasks.base import TaskFamily
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 SPECIAL_TOKENS_MAX = 4  # <s> q </s></s> c </s> (RoBERTa); BERT needs 3
+FEATURES_VERSION = 1  # part of the tokenized-cache key: bump when the feature code changes
 
 
 def metric_key(name: str, alias: str) -> str:
@@ -277,7 +278,7 @@ class SquadFamily(TaskFamily):
 
     def _tag(self, kind: str, tokenizer) -> str:
         s = self.settings
-        return (f"squad|{kind}|v2={s.v2}|{s.max_length}|{s.doc_stride}|{s.max_query_length}"
+        return (f"squad{FEATURES_VERSION}|{kind}|v2={s.v2}|{s.max_length}|{s.doc_stride}|{s.max_query_length}"
                 f"|{tokenizer.padding_side}")
 
     # --- training -------------------------------------------------------------------------------
