@@ -275,6 +275,8 @@ def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, artifact
         data_seed=int(cfg.seed),
         disable_tqdm=not t.progress,
         remove_unused_columns=False,
+        # tasks may ask for length-grouped batches (little padding); they give a 'length' column
+        train_sampling_strategy="group_by_length" if cfg.task.get("group_by_length") else "random",
         bf16=t.precision == "bf16",
         fp16=t.precision == "fp16",
         dataloader_num_workers=0,
