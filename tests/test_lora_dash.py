@@ -516,3 +516,29 @@ def test_svd_cache_hit_on_second_apply(tmp_path):
     assert state["switch_cost"]["svd_cache_misses"] == 12 and state["switched"] and state["switch_step"] == 3
     assert state["dash_parameters"] == 36 and state["adapted_matrices"] == 12
     assert math.isfinite(state["switch_cost"]["switch_seconds"])
+
+
+@pytest.mark.parametrize("dtype, low_cpu_mem", [(torch.bfloat16, False), (torch.float32, True)])
+def test_dtype_and_low_cpu_mem_reload(tmp_path, dtype, low_cpu_mem):
+    # (peft itself rounds LoRA weights to the base dtype when low_cpu_mem_usage meets a bf16 base,
+    # so that combination cannot be exact for plain LoRA either)
+    from peft import PeftModel
+
+    model = get_method("lora_dash").apply(_tiny_bert().to(dtype), _cfg(), _ctx())
+    _randomize_lora(model)
+    switch_to_dash(model, step=3)
+    _randomize_d(model)
+    for _, layer in dash_layers(model):
+        assert layer.get_base_layer().weight.dtype == dtype
+        assert layer.lora_dash_U["default"].dtype == torch.float32  # not truncated to a bf16 base
+        assert layer.lora_dash_d["default"].dtype == torch.float32  # peft's adapter autocast
+    x = _ids()
+    expected = model(input_ids=x).logits
+    model.save_pretrained(str(tmp_path / "a"))
+    reloaded = PeftModel.from_pretrained(_tiny_bert().to(dtype), str(tmp_path / "a"), low_cpu_mem_usage=low_cpu_mem)
+    for (_, a), (_, b) in zip(dash_layers(model), dash_layers(reloaded)):
+        assert b.lora_dash_U["default"].dtype == torch.float32
+        assert torch.equal(a.lora_dash_U["default"], b.lora_dash_U["default"])
+        assert torch.equal(a.lora_dash_d["default"], b.lora_dash_d["default"])
+    assert is_switched(reloaded) and switch_step(reloaded) == 3
+    torch.testing.assert_close(reloaded(input_ids=x).logits, expected, atol=1e-5, rtol=0)

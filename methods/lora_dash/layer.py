@@ -28,7 +28,9 @@ from torch import nn
 from methods.base import MethodConfigError
 
 DASH_PARAM = "lora_dash_d"
-DASH_BUFFERS = ("lora_dash_U", "lora_dash_Vh", "lora_dash_index", "lora_dash_step")
+DASH_VECTORS = ("lora_dash_U", "lora_dash_Vh")
+DASH_INT_BUFFERS = ("lora_dash_index", "lora_dash_step")
+DASH_BUFFERS = DASH_VECTORS + DASH_INT_BUFFERS
 
 
 class DashLinearVariant(LoraVariant):
@@ -49,6 +51,13 @@ class DashLinearVariant(LoraVariant):
             )
         weight = module.lora_A[adapter_name].weight
         device, dtype = weight.device, weight.dtype
+        # singular vectors stay at least fp32 even when the adapter starts in the base model's bf16 / fp16
+        # (peft upcasts the adapter's parameters afterwards, but not its buffers)
+        vec_dtype = torch.promote_types(dtype, torch.float32)
+        # peft's low_cpu_mem_usage puts new adapter tensors on meta and later moves every "lora_*"
+        # submodule without parameters to the base weight's device, which meta buffers cannot do
+        base_device = module.get_base_layer().weight.device
+        buf_device = base_device if device.type == "meta" else device
         if not hasattr(module, DASH_PARAM):
             # Python-side mirror of lora_dash_step >= 0, so the forward pass never syncs on a buffer
             module._dash_switched = {}
@@ -56,10 +65,10 @@ class DashLinearVariant(LoraVariant):
             for name in DASH_BUFFERS:
                 setattr(module, name, BufferDict(persistent=True))
         module.lora_dash_d[adapter_name] = nn.Parameter(torch.zeros(s, device=device, dtype=dtype))
-        module.lora_dash_U[adapter_name] = torch.zeros(d_out, s, device=device, dtype=dtype)
-        module.lora_dash_Vh[adapter_name] = torch.zeros(s, d_in, device=device, dtype=dtype)
-        module.lora_dash_index[adapter_name] = torch.full((s,), -1, device=device, dtype=torch.long)
-        module.lora_dash_step[adapter_name] = torch.full((), -1, device=device, dtype=torch.long)
+        module.lora_dash_U[adapter_name] = torch.zeros(d_out, s, device=buf_device, dtype=vec_dtype)
+        module.lora_dash_Vh[adapter_name] = torch.zeros(s, d_in, device=buf_device, dtype=vec_dtype)
+        module.lora_dash_index[adapter_name] = torch.full((s,), -1, device=buf_device, dtype=torch.long)
+        module.lora_dash_step[adapter_name] = torch.full((), -1, device=buf_device, dtype=torch.long)
         module._dash_switched[adapter_name] = False
 
     @staticmethod
@@ -114,11 +123,35 @@ class DashLinear(LoraLinear):
     """peft ``lora.Linear`` whose every adapter is a LoRA-Dash adapter."""
 
     adapter_layer_names = LoraLayer.adapter_layer_names + (DASH_PARAM,)
-    other_param_names = LoraLayer.other_param_names + DASH_BUFFERS
+    # the integer buffers go through peft's generic device handling; the singular vectors are kept out
+    # of it because peft casts floating adapter tensors to the base layer's dtype (bf16 would truncate
+    # them) - see _move_adapter_to_device_of_base_layer and delete_adapter below
+    other_param_names = LoraLayer.other_param_names + DASH_INT_BUFFERS
 
     def __init__(self, base_layer, adapter_name: str, config, **kwargs) -> None:
         super().__init__(base_layer, adapter_name, config=config, **kwargs)
         self.register_load_state_dict_post_hook(DashLinear._refresh_switch_flags)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device=None) -> None:
+        super()._move_adapter_to_device_of_base_layer(adapter_name, device=device)
+        if adapter_name not in self.lora_A:
+            return
+        target = self.lora_A[adapter_name].weight.device if device is None else torch.device(device)
+        for name in DASH_VECTORS:
+            vectors = getattr(self, name, None)
+            if vectors is None or adapter_name not in vectors:
+                continue
+            t = vectors[adapter_name]
+            if t.device.type != "meta" and t.device != target:
+                vectors[adapter_name] = t.to(target)  # device only, dtype untouched
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        for name in DASH_VECTORS:
+            vectors = getattr(self, name, None)
+            if vectors is not None and adapter_name in vectors:
+                del vectors[adapter_name]
+        self._dash_switched.pop(adapter_name, None)
+        super().delete_adapter(adapter_name)
 
     def resolve_lora_variant(self, *, config, **kwargs) -> LoraVariant:
         if not hasattr(config, "dash_s"):
