@@ -1,0 +1,177 @@
+"""`python -m bench perf`: option parsing, the frozen floor, the JSON record's shape and numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench import perf
+from bench.errors import BenchError
+
+TINY = ["model=tiny-bert", "task=sst2"]
+SMALL = ["perf.batch_size=2", "perf.seq_len=8", "perf.eval_steps=1", "perf.threads=1"]
+
+
+def _session(method: str, extra=()):
+    p = perf.perf_options(["perf.steps=2", "perf.warmup=0", *SMALL])
+    cfg = perf.method_configs([method], [], [*TINY, *extra], p)[method]
+    return perf.Session(cfg, perf.OmegaConf.to_container(p, resolve=True))
+
+
+# --- options --------------------------------------------------------------------------------------
+def test_parse_argv_splits_methods_perf_method_and_hydra_overrides():
+    methods, p_ov, m_ov, rest = perf.parse_argv(
+        ["method=full,lora", "perf.steps=3", "method.r=4", "model=tiny-bert", "train.precision=bf16"])
+    assert methods == ["full", "lora"]
+    assert p_ov == ["perf.steps=3"]
+    assert m_ov == ["r=4"]
+    assert rest == ["model=tiny-bert", "train.precision=bf16"]
+
+
+def test_unknown_perf_option_suggests_the_right_one():
+    with pytest.raises(BenchError, match=r"perf\.stepz.*did you mean perf\.steps"):
+        perf.perf_options(["perf.stepz=3"])
+
+
+@pytest.mark.parametrize("bad", ["perf.steps=0", "perf.warmup=-1", "perf.rounds=5", "perf.device=tpu"])
+def test_bad_perf_values_are_rejected(bad):
+    with pytest.raises(BenchError, match="perf"):
+        perf.perf_options(["perf.steps=4", bad])
+
+
+def test_unknown_method_is_an_actionable_error():
+    p = perf.perf_options([])
+    with pytest.raises(BenchError, match="Did you mean 'lora'"):
+        perf.method_configs(["lorra"], [], TINY, p)
+
+
+def test_method_override_reaches_only_methods_that_have_the_key():
+    p = perf.perf_options([])
+    cfgs = perf.method_configs(["frozen", "full", "lora"], ["r=4"], TINY, p)
+    assert cfgs["lora"]["method"]["r"] == 4
+    assert "r" not in cfgs["full"]["method"]
+    assert cfgs["frozen"]["method"] == {"name": "frozen"}
+    assert cfgs["full"]["model"]["name"] == "tiny-bert"
+    with pytest.raises(BenchError, match="method.nosuch"):
+        perf.method_configs(["full", "lora"], ["nosuch=1"], TINY, p)
+
+
+def test_split_steps_and_rotation():
+    assert perf.split_steps(7, 3) == [3, 2, 2]
+    assert sum(perf.split_steps(20, 20)) == 20
+    assert perf.rotated(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert perf.rotated(["a", "b", "c"], 3) == ["a", "b", "c"]
+
+
+def test_synthetic_batches_per_task_type():
+    b = perf.synthetic_batch("causal_lm", 50000, 3, 7, None, False, 0)
+    assert b["input_ids"].shape == (3, 7) and torch.equal(b["labels"], b["input_ids"])
+    assert b["input_ids"].min() >= 1000  # clear of special tokens
+    b = perf.synthetic_batch("seq_cls", 50000, 3, 7, 3, False, 0)
+    assert b["labels"].shape == (3,) and b["labels"].max() < 3
+    b = perf.synthetic_batch("qa", 50000, 3, 7, None, False, 0)
+    assert (b["start_positions"] <= b["end_positions"]).all() and b["end_positions"].max() < 7
+
+
+# --- the frozen floor -----------------------------------------------------------------------------
+def test_frozen_floor_trains_no_weight_but_backward_runs_through_every_layer():
+    s = _session("frozen")
+    model = s.model
+    before = {n: q.detach().clone() for n, q in model.named_parameters()}
+    seen = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        seen["emb"] = output
+
+    model.get_input_embeddings().register_forward_hook(keep)
+    reached = set()
+    layers = model.bert.encoder.layer
+    for i, layer in enumerate(layers):
+        layer.register_full_backward_hook(lambda m, gi, go, i=i: reached.add(i))
+
+    times = s.train(2)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert s.optimizer is None and s.params["trainable"] == 0
+    assert not any(q.requires_grad for q in model.parameters())
+    assert all(q.grad is None for q in model.parameters())
+    assert all(torch.equal(before[n], q) for n, q in model.named_parameters())
+    # the gradient reached the input embeddings' output: backward crossed every layer
+    assert seen["emb"].grad is not None and seen["emb"].grad.abs().sum() > 0
+    assert reached == set(range(len(layers)))
+
+
+def test_full_fine_tuning_session_changes_weights_with_the_trainers_adamw():
+    s = _session("full")
+    w = s.model.bert.encoder.layer[0].attention.self.query.weight
+    before = w.detach().clone()
+    s.train(1)
+    assert not torch.equal(before, w)
+    assert type(s.optimizer).__name__ == "AdamW"
+    # the Trainer's weight-decay groups: biases / LayerNorm apart
+    assert len(s.optimizer.param_groups) == 2
+    rep = s.report()
+    n = s.params["trainable"]
+    assert rep["optimizer_state_bytes"] >= 2 * 4 * n  # exp_avg + exp_avg_sq in fp32
+
+
+# --- the whole command (in-process workers: fast) ----------------------------------------------------
+def test_perf_record_shape_and_ratios(tmp_path, capsys):
+    rec = perf.main([*TINY, "method=full,lora,ia3", "perf.steps=2", "perf.warmup=1", *SMALL,
+                     "perf.isolate=false", f"perf.results_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "x frozen" in out and "lora" in out
+    path = tmp_path / next(p.name for p in tmp_path.glob("perf__tiny-bert__sst2__*.json"))
+    on_disk = json.loads(path.read_text())
+    assert path.with_suffix(".md").is_file()
+    assert on_disk["methods"] == ["frozen", "full", "lora", "ia3"]
+    assert on_disk["batch_size"] == 2 and on_disk["seq_len"] == 8
+    res = on_disk["results"]
+    assert rec["results"].keys() == res.keys()
+    for name, r in res.items():
+        assert r["status"] == "ok", (name, r.get("error"))
+        assert r["timed_steps"] == 2 and len(r["step_times_s"]) == 2 and len(r["warmup_times_s"]) == 1
+        assert r["step_time_median_s"] > 0 and r["eval_examples_per_s"] > 0
+        assert r["memory"]["peak_rss_mb"] > 0
+        assert r["ratio_to_frozen"] == pytest.approx(r["step_time_median_s"] / res["frozen"]["step_time_median_s"], rel=1e-2)
+    assert res["frozen"]["ratio_to_frozen"] == 1.0 and res["full"]["ratio_to_full"] == 1.0
+    assert res["frozen"]["params"]["trainable"] == 0 and res["frozen"]["optimizer_state_bytes"] == 0
+    assert res["full"]["params"]["trainable"] == res["full"]["params"]["total"]
+    assert 0 < res["ia3"]["params"]["trainable"] < res["lora"]["params"]["trainable"] < res["full"]["params"]["trainable"]
+    assert res["full"]["optimizer_state_bytes"] > res["lora"]["optimizer_state_bytes"] > 0
+
+
+def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path):
+    rec = perf.main([*TINY, "method=full,lora", "method.r=0", "perf.steps=1", "perf.warmup=0", *SMALL,
+                     "perf.isolate=false", "perf.floor=false", f"perf.results_dir={tmp_path}"])
+    res = rec["results"]
+    assert "frozen" not in res
+    assert res["full"]["status"] == "ok" and res["full"]["ratio_to_frozen"] is None
+    assert res["lora"]["status"] == "failed" and "method.r" in res["lora"]["error"]
+
+
+def test_lora_dash_is_timed_after_its_switch():
+    from methods import available
+
+    if "lora_dash" not in available():
+        pytest.skip("lora_dash is not registered in this checkout")
+    rec = perf.main([*TINY, "method=lora_dash", "perf.steps=1", "perf.warmup=2", *SMALL, "perf.isolate=false",
+                     "perf.floor=false", "perf.results_dir=null"])
+    r = rec["results"]["lora_dash"]
+    assert r["status"] == "ok", r.get("error")
+    assert r["method_state"]["switched"] is True and r["method_state"]["switch_step"] <= 2
+
+
+# --- real worker processes ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_subprocess_workers_report_their_own_memory(tmp_path):
+    rec = perf.main([*TINY, "method=lora", "perf.steps=2", "perf.warmup=1", *SMALL, "perf.rounds=2",
+                     f"perf.results_dir={tmp_path}"])
+    res = rec["results"]
+    assert set(res) == {"frozen", "lora"}
+    for r in res.values():
+        assert r["status"] == "ok", r.get("error")
+        assert r["timed_steps"] == 2 and r["memory"]["rss_after_build_mb"] > 0
+        assert r["threads"] == 1
