@@ -116,6 +116,8 @@ def switch_to_dash(
         for a in _adapters(model, adapter):
             if a not in layer.lora_dash_d or layer.is_switched(a):
                 continue
+            if layer.merged:
+                raise RuntimeError("LoRA-Dash cannot choose directions while adapters are merged into W; unmerge first")
             W = layer.base_weight_matrix()
             U, S, Vh = cache.get(W)
             A = layer.lora_A[a].weight
