@@ -470,3 +470,23 @@ def test_same_selection_as_selective_optimizers(exp):
             assert torch.equal(mine, mask.reshape(-1))
             torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
     assert ours.unmasked_count() == peer.get_budget_used() == B
+
+
+def test_causal_lm_with_tied_embeddings(tiny_llama):
+    """An LM: the head is not trained (train_head False); the tied embedding / LM head tensor is one scope tensor."""
+    before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters()}
+    method = get_method("id3")
+    cfg = _id3_cfg(budget=100, T=2)
+    ctx = MethodContext(task_type="causal_lm", model_type="llama", head_modules=["lm_head"], train_head=False,
+                        total_steps=2)
+    model = method.apply(tiny_llama, cfg, ctx)
+    opt = method.create_optimizer(model, cfg, ctx, TRAIN_CFG)
+    ids = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert opt.unmasked_count() == 100 and opt.state_numel()["dense"] == 0
+    changed = _changed(before, model)
+    assert sum(v.numel() for v in changed.values()) == 100

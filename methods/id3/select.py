@@ -62,13 +62,9 @@ def chunk_top(scores: torch.Tensor, k: int, floor: Optional[float], bool_buf: to
         if est == est:  # not NaN
             thr = est if thr is None else max(thr, est)
     if thr is not None:
-        above = torch.gt(scores, thr, out=bool_buf[:n])
-        count = int(torch.count_nonzero(above))
+        loc = torch.nonzero(torch.gt(scores, thr, out=bool_buf[:n])).view(-1)
+        count = loc.numel()
         if count >= k or thr == floor:
-            if count == 0:
-                empty = torch.empty(0, dtype=torch.long, device=scores.device)
-                return empty, scores.new_empty(0)
-            loc = torch.nonzero(above).view(-1)
             vals = scores.index_select(0, loc)
             if count > k:
                 keep = det_topk(vals, k)
