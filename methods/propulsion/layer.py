@@ -11,6 +11,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 SUPPORTED_BASE_LAYERS = (nn.Linear, nn.Embedding, Conv1D)
+# Keep a layer's output (shared with downstream ops) instead of its input for the backward pass of z. Set to False
+# for a model that modifies a wrapped layer's output in place (autograd then raises "modified by an inplace
+# operation"); the plain multiply keeps one more activation per wrapped layer.
 SAVE_OUTPUT_FOR_BACKWARD = True
 
 
@@ -67,7 +70,6 @@ class PropulsionLayer(BaseTunerLayer):
         base = self.get_base_layer()
         self._out_axis = output_axis_of_weight(base)
         self.out_features = base.weight.shape[self._out_axis]
-        self.kwargs = kwargs
 
     def update_layer(self, adapter_name: str, degree: int, init_weights: bool = True, inference_mode: bool = False):
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:

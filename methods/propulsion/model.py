@@ -8,11 +8,20 @@ from collections import defaultdict
 from typing import Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _ExcludedModule
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from .config import PropulsionConfig
 from .layer import SUPPORTED_BASE_LAYERS, Embedding, Linear, PropulsionLayer
+
+try:  # peft's marker for "excluded on purpose" (better errors when every module is excluded)
+    from peft.tuners.tuners_utils import _ExcludedModule
+except ImportError:  # pragma: no cover - older peft
+
+    class _ExcludedModule:
+        def __bool__(self):
+            return False
+
 
 # Embedding tables that models read as raw ``.weight`` instead of calling them (a wrapper's scale would never act).
 # Default targeting skips them; naming them in target_modules still wraps them.
