@@ -239,6 +239,7 @@ def config_diff(actual: dict, expected: dict, limit: int = 6) -> str:
 
 def select_experiment(argv: list[str], df: pd.DataFrame) -> Selection:
     filters, rest = _explicit(argv)
+    rest = [o for o in rest if o.split("=", 1)[0].lstrip("+") not in TABLE_ONLY_KEYS]  # not part of any run
     experiment = next(a.split("=", 1)[1] for a in rest if a.split("=", 1)[0] == "experiment")
     with Composer() as compose:
         root = compose(rest, hydra=True)
@@ -336,7 +337,7 @@ def _brief(rec: pd.Series) -> dict:
 def fill_commands(sel: Selection, experiment: str) -> list[str]:
     """One `bench run -m` per row that has missing runs (tasks x seeds of that row's gaps)."""
     cmds = []
-    extra = [o for o in sel.meta.get("extra_overrides", []) if o.split("=", 1)[0].lstrip("+") not in TABLE_ONLY_KEYS]
+    extra = sel.meta.get("extra_overrides", [])
     for label in sel.rows:
         gaps = [m for m in sel.missing if m["row"] == label]
         if not gaps:
@@ -428,9 +429,11 @@ def cell_stats(sel: Selection) -> pd.DataFrame:
         complete = bool(per_task) and all(l["n"] > 0 for l in per_task)
         avg = float(sum(l["mean"] for l in per_task) / len(per_task)) if complete else float("nan")
         paper_avg = reported.get(label, {}).get("avg")
+        # the paper's average covers the paper's columns: compare only when this table has exactly those
+        comparable = paper_avg is not None and complete and set(sel.tasks) == set((sel.paper or {}).get("tasks", {}))
         lines.append({"row": label, "task": "avg", "metric": "mean over tasks",
                       "n": min((l["n"] for l in per_task), default=0), "seeds": "", "mean": avg, "std": float("nan"),
-                      "paper": paper_avg, "delta": avg - paper_avg if paper_avg is not None and complete else float("nan"),
+                      "paper": paper_avg, "delta": avg - paper_avg if comparable else float("nan"),
                       "trainable_method": "", "trainable_head": ""})
     return pd.DataFrame(lines)
 
