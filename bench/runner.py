@@ -95,13 +95,24 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
         print(f"[bench] skip: {path.name} already has an ok record with this config hash (force=true reruns)")
         return records.read_record(path) or {}
 
-    validate_config(cfg)
-    method = resolve_method(cfg)
-    from bench.tasks import get_family
+    try:
+        validate_config(cfg)
+        method = resolve_method(cfg)
+        from bench.tasks import get_family
 
-    cache_dir = default_cache_dir(cfg.cache_dir)
-    family = get_family(cfg.task.family)(cfg, cache_dir)
-    family.validate()
+        cache_dir = default_cache_dir(cfg.cache_dir)
+        family = get_family(cfg.task.family)(cfg, cache_dir)
+        family.validate()
+    except BenchError as e:
+        if sweep:  # a sweep keeps a record of every job, also of one whose input was invalid
+            records.write_json_atomic(path, {
+                "schema": 1, "status": "failed", "method": cfg.method.get("name"), "task": cfg.task.get("name"),
+                "model": cfg.model.get("name"), "seed": int(cfg.seed), "tag": cfg.get("tag"), "config_hash": chash,
+                "config": config, "overrides": list(overrides or []), "error": f"BenchError: {e}",
+                "failed_before_training": True,
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            })
+        raise
 
     record: dict[str, Any] = {
         "schema": 1,
