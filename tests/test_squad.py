@@ -432,3 +432,29 @@ def test_cli_run_on_real_squad_writes_a_record(tmp_path):
     assert rec["params"]["head_modules"] == ["qa_outputs"] and rec["params"]["trainable_head"] == 2 * 32 + 2
     preds = json.loads((path.with_suffix("") / "predictions.json").read_text())
     assert len(preds) == 12
+
+
+@pytest.mark.slow
+def test_cli_run_on_squad_v2_shaped_parquet(tmp_path):
+    """squad_v2 through the CLI from parquet files in the hub schema (<dir>/squad/squad_v2/<split>.parquet)."""
+    ds = v2_examples()
+    folder = tmp_path / "data" / "squad" / "squad_v2"
+    folder.mkdir(parents=True)
+    ds.to_parquet(str(folder / "train.parquet"))
+    ds.to_parquet(str(folder / "validation.parquet"))
+    args = ["run", "method=ia3", "task=squad_v2", "model=tiny-bert", f"data_dir={tmp_path}/data",
+            f"results_dir={tmp_path}/runs", f"cache_dir={tmp_path}/cache", "train.max_steps=2", "train.batch_size=4",
+            "train.progress=false", "task.max_length=64", "task.doc_stride=16", "task.max_query_length=40"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [path] = list((tmp_path / "runs").glob("squad_v2__ia3__tiny-bert__*.json"))
+    rec = json.loads(path.read_text())
+    assert rec["status"] == "ok" and rec["data"]["carved"] is None  # a train split exists: nothing carved
+    m = rec["metrics"]
+    assert {"HasAns_f1", "NoAns_f1", "best_f1", "null_threshold"} <= set(m) and m["HasAns_total"] == m["NoAns_total"] == 2
+    preds = json.loads((path.with_suffix("") / "predictions.json").read_text())
+    odds = json.loads((path.with_suffix("") / "null_odds.json").read_text())
+    assert set(preds) == set(odds) == set(ds["id"])
+    assert all((preds[q] == "") == (odds[q] > m["null_threshold"]) for q in preds)
