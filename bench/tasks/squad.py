@@ -28,14 +28,11 @@ from bench.data import TaskData
 from bench.errors import BenchError
 from bench.models import build_model
 from bench.tasks.base import TaskFamily
+from bench.tasks.glue import metric_key  # alias 'default' keeps plain names, others get _<alias>
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 SPECIAL_TOKENS_MAX = 4  # <s> q </s></s> c </s> (RoBERTa); BERT needs 3
 FEATURES_VERSION = 1  # part of the tokenized-cache key: bump when the feature code changes
-
-
-def metric_key(name: str, alias: str) -> str:
-    return name if alias in ("", "default") else f"{name}_{alias}"
 
 
 @dataclass(frozen=True)
