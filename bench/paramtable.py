@@ -156,6 +156,6 @@ def main(argv: list[str]) -> None:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    print(f"model {info['model']} ({info['task_type']}, task {info['task']}; head modules {info['heads']}), "
-          "counted on the meta device, no weights read")
+    task = "causal LM head" if info["task_type"] == "causal_lm" else f"{info['task_type']}, task {info['task']}"
+    print(f"model {info['model']} ({task}; head modules {info['heads']}), counted on the meta device, no weights read")
     print(format_table(df))

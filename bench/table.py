@@ -193,13 +193,13 @@ class Selection:
     meta: dict = field(default_factory=dict)
 
 
-def _explicit(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+def _explicit(argv: list[str], keys: tuple[str, ...] = FILTER_KEYS) -> tuple[dict[str, list[str]], list[str]]:
     """Filters (method=, task=, model=, seed= with comma lists) and the remaining overrides."""
     filters: dict[str, list[str]] = {}
     rest = []
     for a in argv:
         key, _, value = a.partition("=")
-        if key in FILTER_KEYS and value:
+        if key in keys and value:
             filters[key] = [v for v in value.split(",") if v]
         else:
             rest.append(a)
@@ -238,7 +238,7 @@ def config_diff(actual: dict, expected: dict, limit: int = 6) -> str:
 
 
 def select_experiment(argv: list[str], df: pd.DataFrame) -> Selection:
-    filters, rest = _explicit(argv)
+    filters, rest = _explicit(argv, ("method", "task", "seed"))  # model= is part of the protocol here
     rest = [o for o in rest if o.split("=", 1)[0].lstrip("+") not in TABLE_ONLY_KEYS]  # not part of any run
     experiment = next(a.split("=", 1)[1] for a in rest if a.split("=", 1)[0] == "experiment")
     with Composer() as compose:
@@ -368,6 +368,9 @@ def select_records(argv: list[str], df: pd.DataFrame) -> Selection:
                     metrics={t: None for t in tasks},
                     seeds=sorted({int(s) for s in runs["seed"].dropna()}) if not runs.empty else [])
     sel.failed = [_brief(r) for _, r in bad.iterrows()]
+    if not runs.empty:  # one cell, several configs (e.g. two lr of one method): averaged, so say so
+        n_cfg = runs.groupby(["row", "task", "seed"])["config_hash"].nunique()
+        sel.meta["mixed"] = [f"{r} / {t} seed {s}: {n} configs" for (r, t, s), n in n_cfg.items() if n > 1]
     return sel
 
 
@@ -506,16 +509,20 @@ def to_latex(table: pd.DataFrame, caption: str = "") -> str:
 def header_lines(sel: Selection) -> list[str]:
     if sel.mode != "experiment":
         return [f"All ok records: rows = methods, columns = tasks; scores x100, mean ± std over seeds."]
+    from bench.records import NON_SEMANTIC_KEYS
+
     src = sel.paper["source"]
     meta = sel.meta
+    matched = [o for o in meta["extra_overrides"] if o.split("=", 1)[0].lstrip("+~") not in NON_SEMANTIC_KEYS]
     out = [
         f"Experiment {meta['experiment']} ({meta['model']}"
         + (f", {meta['variant']}-scale variant: the paper's numbers are for orientation only" if meta.get("variant") else "")
         + f"); protocol: eval_strategy={meta['eval_strategy']}, "
         f"selection={meta['selection']}; seeds {','.join(map(str, sel.seeds))}."
-        + (f" Extra settings matched: {' '.join(meta['extra_overrides'])}." if meta["extra_overrides"] else ""),
+        + (f" Extra settings matched: {' '.join(matched)}." if matched else ""),
         f"Paper: {src.get('title')} ({src.get('authors')}, arXiv {src.get('arxiv')}), {src.get('table')}"
-        + (f"; numbers transcribed from {src['transcribed_from']}" if src.get("transcribed_from") else "") + ".",
+        + (f"; numbers transcribed from {str(src['transcribed_from']).rstrip('.')}" if src.get("transcribed_from") else "")
+        + ".",
         "Scores x100, mean ± sample std over seeds ((n=k): fewer seeds than the protocol's); Δ = ours − paper.",
     ]
     if sel.paper.get("note"):
@@ -525,6 +532,10 @@ def header_lines(sel: Selection) -> list[str]:
 
 def gap_lines(sel: Selection) -> list[str]:
     out = []
+    if sel.meta.get("mixed"):
+        out.append(f"Mixed: {len(sel.meta['mixed'])} cell(s) average records of different configs (use "
+                   "experiment=<name> for a protocol-exact table, or filter):")
+        out += [f"  - {m}" for m in sel.meta["mixed"]]
     if sel.missing:
         out.append(f"Missing: {len(sel.missing)} of {len(sel.rows) * len(sel.tasks) * len(sel.seeds)} expected runs "
                    "have no ok record with the protocol's config hash:")

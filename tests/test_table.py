@@ -84,6 +84,15 @@ def test_records_mode_filters_by_method(tmp_path, capsys):
     assert "| ia3 " in md and "| lora " not in md
 
 
+def test_records_mode_says_when_a_cell_mixes_configs(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write_record(runs, *plain_config("lora", "rte", 1), metrics={"accuracy": 0.6})
+    write_record(runs, *plain_config("lora", "rte", 1, lr=0.1), metrics={"accuracy": 0.8})
+    table.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
+    out = capsys.readouterr().out
+    assert "| 70.00 " in out and "Mixed: 1 cell(s)" in out and "lora / rte seed 1: 2 configs" in out
+
+
 # ------------------------------------------------------------------------------------------------
 # the paper layout, computed from a hand-built selection (no composition)
 # ------------------------------------------------------------------------------------------------
