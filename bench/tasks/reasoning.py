@@ -34,6 +34,8 @@ from bench.errors import BenchError
 from bench.tasks.base import TaskFamily
 
 IGNORE_INDEX = -100
+#: bump when normalize_row / encode_example change: both are part of the cache keys of mapped data
+DATA_CODE_VERSION = 1
 FORMAT_COLUMNS = {
     "gsm8k": ["question", "answer"],
     "llm_adapters": ["instruction", "answer"],
@@ -85,7 +87,7 @@ def normalize(ds, fmt: str, kind: str, strip_annotations: bool = True, fixed_lab
             out["labels"] = list(fixed_labels or [])
         return out
 
-    tag = f"{ds._fingerprint}|normalize|{fmt}|{kind}|{strip_annotations}|{fixed_labels}"
+    tag = f"{ds._fingerprint}|normalize-v{DATA_CODE_VERSION}|{fmt}|{kind}|{strip_annotations}|{fixed_labels}"
     fingerprint = hashlib.sha256(tag.encode()).hexdigest()[:16]
     return ds.map(fn, remove_columns=columns, new_fingerprint=fingerprint, desc="normalize")
 
@@ -444,7 +446,7 @@ class ReasoningFamily(TaskFamily):
             return out
 
         chat = uses_chat_template(tokenizer, style)
-        tag = f"reasoning-sft|{max_length}|{'chat' if chat else 'alpaca'}|{getattr(tokenizer, 'chat_template', '')}"
+        tag = f"reasoning-sft-v{DATA_CODE_VERSION}|{max_length}|{'chat' if chat else 'alpaca'}|{getattr(tokenizer, 'chat_template', '')}"
         tokenized = self.cached_map(data.train, fn, tokenizer, tag, batched=True, remove_columns=data.train.column_names)
         if len(tokenized) == 0:
             raise BenchError(
