@@ -350,6 +350,7 @@ class Session:
         self.warmup_times: list[float] = []
         self.step_times: list[float] = []
         self.eval_times: list[float] = []
+        self.eval_warm = False
 
     # --- pieces -----------------------------------------------------------------------------------
     @staticmethod
@@ -420,12 +421,13 @@ class Session:
 
             torch.cuda.synchronize()
 
-    def step(self) -> float:
-        """One training step, timed: forward, backward, clipping, optimizer step, zero_grad."""
+    def step(self) -> tuple[float, float]:
+        """One training step, timed: forward, backward, clipping, optimizer step, zero_grad. (wall s, CPU s)"""
         import torch
 
         self._event("on_step_begin")
         self._sync()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         with self._autocast():
             loss = self.model(**self.batch).loss
@@ -446,14 +448,17 @@ class Session:
         self.model.zero_grad(set_to_none=True)
         self._sync()
         dt = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         self.steps_done += 1
         self.state.global_step = self.steps_done
         self._event("on_step_end")
-        return dt
+        return dt, cpu
 
     # --- commands ---------------------------------------------------------------------------------
-    def train(self, n: int, timed: bool = True) -> list[float]:
-        times = [self.step() for _ in range(int(n))]
+    def train(self, n: int, timed: bool = True) -> tuple[list[float], list[float]]:
+        """n steps; (wall times, CPU times). The training peak memory is read after each timed call."""
+        pairs = [self.step() for _ in range(int(n))]
+        times, cpu = [w for w, _ in pairs], [c for _, c in pairs]
         (self.step_times if timed else self.warmup_times).extend(times)
         if timed:  # the training peak: read now, before any evaluation batch can raise it
             self.train_peak_kib = max(self.train_peak_kib, _status_kib("VmHWM") or 0)
@@ -461,21 +466,24 @@ class Session:
                 import torch
 
                 self.cuda_train_peak = max(self.cuda_train_peak, torch.cuda.max_memory_allocated())
-        return times
+        return times, cpu
 
     def evaluate(self, n: int, timed: bool = True) -> list[float]:
+        """n forward passes of the eval batch under no_grad (the first call runs one more, untimed)."""
         import torch
 
         self.model.eval()
         times = []
         with torch.no_grad():
-            for _ in range(int(n)):
+            for _ in range(int(n) + (0 if self.eval_warm else 1)):
                 self._sync()
                 t0 = time.perf_counter()
                 with self._autocast():
                     self.model(**{k: v for k, v in self.eval_batch.items() if k in ("input_ids", "attention_mask")})
                 self._sync()
                 times.append(time.perf_counter() - t0)
+        if not self.eval_warm:
+            times, self.eval_warm = times[1:], True
         self.model.train()
         if timed:
             self.eval_times.extend(times)
@@ -550,7 +558,8 @@ def handle(session: Optional[Session], msg: dict):
     if session is None:
         raise RuntimeError("no session")
     if cmd == "train":
-        return {"times": session.train(msg["n"], msg.get("timed", True))}
+        times, cpu = session.train(msg["n"], msg.get("timed", True))
+        return {"times": times, "cpu_times": cpu}
     if cmd == "eval":
         return {"times": session.evaluate(msg["n"], msg.get("timed", True))}
     if cmd == "report":
@@ -635,6 +644,14 @@ class InProcessWorker:
     def __init__(self, name: str, *_):
         self.name = name
         self.session: Optional[Session] = None
+        self._pending: Optional[dict] = None
+
+    def send(self, msg: dict) -> None:
+        self._pending = msg
+
+    def recv(self) -> dict:
+        msg, self._pending = self._pending, None
+        return self.call(msg)
 
     def call(self, msg: dict) -> dict:
         try:
@@ -643,7 +660,7 @@ class InProcessWorker:
             raise WorkerFailed(f"{type(e).__name__}: {e}") from e
         if msg["cmd"] == "init":
             self.session = reply
-            return {"ok": True, "build_s": reply.build_s}
+            return {"ok": True, "build_s": round(reply.build_s, 3)}
         return {"ok": True, **reply}
 
     def close(self, kill: bool = False) -> None:
@@ -661,16 +678,17 @@ def rotated(names: list[str], shift: int) -> list[str]:
     return names[k:] + names[:k]
 
 
-def run_benchmark(configs: dict[str, dict], p: DictConfig, log=print) -> dict[str, dict]:
+def run_benchmark(configs: dict[str, dict], p: DictConfig, log=None) -> dict[str, dict]:
     """Drive the workers; returns name -> raw results (times, report, status)."""
+    log = log or (lambda msg: print(msg, flush=True))
     pd = OmegaConf.to_container(p, resolve=True)
     names = list(configs)
     rounds = int(p.rounds or p.steps)
     train_blocks = split_steps(int(p.steps), rounds)
     eval_rounds = min(int(p.eval_steps), rounds)
     eval_blocks = split_steps(int(p.eval_steps), eval_rounds)
-    results: dict[str, dict] = {n: {"status": "ok", "step_times": [], "eval_times": [], "warmup_times": [],
-                                   "reports": []} for n in names}
+    results: dict[str, dict] = {n: {"status": "ok", "step_times": [], "step_cpu_times": [], "eval_times": [],
+                                   "warmup_times": [], "reports": []} for n in names}
     log_dir = Path(tempfile.mkdtemp(prefix="bench-perf-"))
     factory = SubprocessWorker if p.isolate else InProcessWorker
 
@@ -683,25 +701,31 @@ def run_benchmark(configs: dict[str, dict], p: DictConfig, log=print) -> dict[st
 
     def start(names_now: list[str]) -> dict:
         workers = {}
-        for n in names_now:  # all start at once (startup is not timed), then each is initialised
+        for n in names_now:  # all start at once (startup is not timed)
             if results[n]["status"] == "ok":
                 workers[n] = factory(n, float(p.timeout_s), log_dir)
+        # the first builds alone, so one-time caches (converted weights, tokenizer files) are written once;
+        # the others then build side by side
+        order = list(workers)
+        for batch in (order[:1], order[1:]):
+            for n in batch:
+                try:
+                    workers[n].send({"cmd": "init", "cfg": configs[n], "perf": pd})
+                except WorkerFailed as e:
+                    fail(n, e, workers.pop(n))
+            for n in batch:
+                if n not in workers:
+                    continue
+                try:
+                    results[n]["build_s"] = workers[n].recv()["build_s"]
+                    if p.keep_alive:
+                        log(f"[perf] {n}: built in {results[n]['build_s']:.1f} s")
+                except WorkerFailed as e:
+                    fail(n, e, workers.pop(n))
         for n, w in list(workers.items()):
             try:
-                if isinstance(w, SubprocessWorker):
-                    w.send({"cmd": "init", "cfg": configs[n], "perf": pd})
-                else:
-                    w.call({"cmd": "init", "cfg": configs[n], "perf": pd})
-            except WorkerFailed as e:
-                fail(n, e, w)
-                workers.pop(n)
-        for n, w in list(workers.items()):
-            try:
-                if isinstance(w, SubprocessWorker):
-                    results[n]["build_s"] = w.recv()["build_s"]
                 if p.warmup:
                     results[n]["warmup_times"] += w.call({"cmd": "train", "n": int(p.warmup), "timed": False})["times"]
-                w.call({"cmd": "eval", "n": 1, "timed": False})
             except WorkerFailed as e:
                 fail(n, e, w)
                 workers.pop(n)
@@ -720,7 +744,9 @@ def run_benchmark(configs: dict[str, dict], p: DictConfig, log=print) -> dict[st
         if n not in workers or k <= 0:
             return
         try:
-            results[n]["step_times" if cmd == "train" else "eval_times"] += workers[n].call({"cmd": cmd, "n": k})["times"]
+            reply = workers[n].call({"cmd": cmd, "n": k})
+            results[n]["step_times" if cmd == "train" else "eval_times"] += reply["times"]
+            results[n]["step_cpu_times"] += reply.get("cpu_times", [])
         except WorkerFailed as e:
             fail(n, e, workers.pop(n))
 
@@ -728,9 +754,14 @@ def run_benchmark(configs: dict[str, dict], p: DictConfig, log=print) -> dict[st
         if p.keep_alive:
             log(f"[perf] starting {len(names)} workers: {', '.join(names)}")
             workers = start(names)
+            every = max(1, math.ceil(rounds / 10))
             for r, k in enumerate(train_blocks):
                 for n in rotated(names, r):
                     turn(workers, n, "train", k)
+                if (r + 1) % every == 0 or r + 1 == rounds:
+                    log(f"[perf] round {r + 1}/{rounds}: " + ", ".join(
+                        f"{n} {statistics.median(results[n]['step_times']):.3f}s" for n in names
+                        if results[n]["step_times"]))
             for r, k in enumerate(eval_blocks):
                 for n in rotated(names, r):
                     turn(workers, n, "eval", k)
@@ -770,6 +801,9 @@ def summarize(raw: dict[str, dict], p: DictConfig) -> dict[str, dict]:
     for name, r in raw.items():
         rep = _merge_reports(r["reports"])
         med = _median(r["step_times"])
+        # CPU time of the worker process per step: robust to other processes' load (on a GPU it is host time only)
+        on_gpu = str(rep.get("device", "cpu")).startswith("cuda")
+        cmed = None if on_gpu else _median(r["step_cpu_times"])
         emed = _median(r["eval_times"])
         row = {
             "status": r["status"] if rep or r["status"] != "ok" else "failed",
@@ -777,10 +811,12 @@ def summarize(raw: dict[str, dict], p: DictConfig) -> dict[str, dict]:
             "step_time_p25_s": round(_quantile(r["step_times"], 0.25), 5) if r["step_times"] else None,
             "step_time_p75_s": round(_quantile(r["step_times"], 0.75), 5) if r["step_times"] else None,
             "timed_steps": len(r["step_times"]),
+            "step_cpu_median_s": round(cmed, 5) if cmed else None,
             "train_samples_per_s": round(int(p.batch_size) / med, 2) if med else None,
             "eval_batch_time_median_s": round(emed, 5) if emed else None,
             "timed_eval_batches": len(r["eval_times"]),
             "step_times_s": [round(x, 5) for x in r["step_times"]],
+            "step_cpu_times_s": [round(x, 5) for x in r["step_cpu_times"]],
             "warmup_times_s": [round(x, 5) for x in r["warmup_times"]],
             "eval_times_s": [round(x, 5) for x in r["eval_times"]],
             "build_s": r.get("build_s"),
@@ -793,11 +829,13 @@ def summarize(raw: dict[str, dict], p: DictConfig) -> dict[str, dict]:
         if r.get("error"):
             row["error"] = r["error"]
         out[name] = row
-    for ref, key in ((FLOOR, "ratio_to_frozen"), ("full", "ratio_to_full")):
-        ref_t = out.get(ref, {}).get("step_time_median_s")
-        for row in out.values():
-            t = row.get("step_time_median_s")
-            row[key] = round(t / ref_t, 3) if (t and ref_t) else None
+    for ref, suffix in ((FLOOR, "frozen"), ("full", "full")):
+        for time_key, ratio_key in (("step_time_median_s", f"ratio_to_{suffix}"),
+                                    ("step_cpu_median_s", f"cpu_ratio_to_{suffix}")):
+            ref_t = out.get(ref, {}).get(time_key)
+            for row in out.values():
+                t = row.get(time_key)
+                row[ratio_key] = round(t / ref_t, 3) if (t and ref_t) else None
     return out
 
 
@@ -826,8 +864,11 @@ def _fmt(v, spec: str = "", none: str = "-") -> str:
 
 def table_rows(summary: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     cuda = any("cuda_max_allocated_mb" in (r.get("memory") or {}) for r in summary.values())
-    header = ["method", "trainable", "opt state MB", "step s (median)", "p25-p75", "x frozen", "x full",
-              "train ex/s", "eval ex/s", "peak RSS MB", "train peak RSS MB"]
+    cpu = any(r.get("step_cpu_median_s") for r in summary.values())
+    header = ["method", "trainable", "opt state MB", "step s (median)", "p25-p75", "x frozen", "x full"]
+    if cpu:
+        header += ["CPU s/step", "x frozen (CPU)", "x full (CPU)"]
+    header += ["train ex/s", "eval ex/s", "peak RSS MB", "train peak RSS MB"]
     if cuda:
         header.append("CUDA max alloc MB")
     rows = []
@@ -845,6 +886,11 @@ def table_rows(summary: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
             f"{_fmt(r.get('step_time_p25_s'), '.4f')}-{_fmt(r.get('step_time_p75_s'), '.4f')}",
             _fmt(r.get("ratio_to_frozen"), ".3f"),
             _fmt(r.get("ratio_to_full"), ".3f"),
+        ]
+        if cpu:
+            row += [_fmt(r.get("step_cpu_median_s"), ".4f"), _fmt(r.get("cpu_ratio_to_frozen"), ".3f"),
+                    _fmt(r.get("cpu_ratio_to_full"), ".3f")]
+        row += [
             _fmt(r.get("train_samples_per_s"), ".1f"),
             _fmt(r.get("eval_examples_per_s"), ".1f"),
             _fmt(mem.get("peak_rss_mb"), ".0f"),

@@ -92,8 +92,8 @@ def test_frozen_floor_trains_no_weight_but_backward_runs_through_every_layer():
     for i, layer in enumerate(layers):
         layer.register_full_backward_hook(lambda m, gi, go, i=i: reached.add(i))
 
-    times = s.train(2)
-    assert len(times) == 2 and all(t > 0 for t in times)
+    times, cpu = s.train(2)
+    assert len(times) == len(cpu) == 2 and all(t > 0 for t in times) and all(c > 0 for c in cpu)
     assert s.optimizer is None and s.params["trainable"] == 0
     assert not any(q.requires_grad for q in model.parameters())
     assert all(q.grad is None for q in model.parameters())
@@ -133,10 +133,13 @@ def test_perf_record_shape_and_ratios(tmp_path, capsys):
     for name, r in res.items():
         assert r["status"] == "ok", (name, r.get("error"))
         assert r["timed_steps"] == 2 and len(r["step_times_s"]) == 2 and len(r["warmup_times_s"]) == 1
-        assert r["step_time_median_s"] > 0 and r["eval_examples_per_s"] > 0
+        assert r["step_time_median_s"] > 0 and r["step_cpu_median_s"] > 0 and r["eval_examples_per_s"] > 0
+        assert len(r["eval_times_s"]) == 1  # perf.eval_steps; the untimed warm-up batch is not among them
         assert r["memory"]["peak_rss_mb"] > 0
         assert r["ratio_to_frozen"] == pytest.approx(r["step_time_median_s"] / res["frozen"]["step_time_median_s"], rel=1e-2)
     assert res["frozen"]["ratio_to_frozen"] == 1.0 and res["full"]["ratio_to_full"] == 1.0
+    assert res["frozen"]["cpu_ratio_to_frozen"] == 1.0 and res["full"]["cpu_ratio_to_full"] == 1.0
+    assert "x frozen (CPU)" in out
     assert res["frozen"]["params"]["trainable"] == 0 and res["frozen"]["optimizer_state_bytes"] == 0
     assert res["full"]["params"]["trainable"] == res["full"]["params"]["total"]
     assert 0 < res["ia3"]["params"]["trainable"] < res["lora"]["params"]["trainable"] < res["full"]["params"]["trainable"]
@@ -175,3 +178,20 @@ def test_subprocess_workers_report_their_own_memory(tmp_path):
         assert r["status"] == "ok", r.get("error")
         assert r["timed_steps"] == 2 and r["memory"]["rss_after_build_mb"] > 0
         assert r["threads"] == 1
+
+
+# --- cost figures of every run (bench/cost.py) ----------------------------------------------------------
+def test_startup_counts_from_process_start_for_the_first_run_only(monkeypatch):
+    import time
+
+    from bench import cost
+
+    start = cost.process_start()
+    now = time.perf_counter()
+    # this process began before pytest imported torch and this module: well over 0.2 s ago, and not days ago
+    assert start is not None and 0.2 < now - start < 24 * 3600
+    monkeypatch.setattr(cost, "_process_start_claimed", False)
+    run_start = now
+    assert cost.startup_origin(run_start) == pytest.approx(start, abs=0.05)  # first run: imports count
+    later = time.perf_counter()
+    assert cost.startup_origin(later) == later  # a second run of a sweep counts from its own start
