@@ -194,7 +194,7 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
 
     train_ds = family.train_dataset(data, tokenizer)
     record["data"]["tokenized_cache_hit"] = getattr(family, "last_cache_hit", None)
-    cost = CostCallback(PROCESS_START)
+    cost = CostCallback(run_start)
     history: list[dict] = []
     callbacks = [cost, *method.callbacks(model, mcfg, ctx)]
     if t.eval_strategy == "epoch":
