@@ -10,7 +10,7 @@ export BENCH_DATA_DIR
 export TOKENIZERS_PARALLELISM := false
 
 RUN_ARGS ?= method=propulsion task=sst2 model=minilm data.max_train_samples=4000 train.lr=3e-3 train.warmup_ratio=0.1
-OFFLINE_FALLBACK ?= task=gsm_symbolic model=smollm2 train.max_steps=30 train.lr=3e-3
+OFFLINE_FALLBACK ?= task=gsm_symbolic model=smollm2 train.max_steps=20 train.batch_size=4 train.lr=3e-3 data.max_eval_samples=16
 PYTEST_ARGS ?= -n 2
 
 .PHONY: run test test-fast test-slow env lock clean
