@@ -349,7 +349,10 @@ def test_forced_failure_is_recorded_and_leaves_other_records_intact(joblib_sweep
 def _same_records_as_joblib(launcher, joblib_sweep, tmp_path):
     r = subprocess.run(sweep_cmd(launcher, tmp_path), cwd=ROOT, env=env(), capture_output=True, text=True,
                        timeout=2400)
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    if r.returncode != 0:  # say which job failed and why (submitit keeps each job's stderr in its folder)
+        logs = sorted((tmp_path / "sweep").glob(".submitit/*/*_log.err"))
+        tails = "\n".join(f"--- {p}\n{p.read_text()[-1500:]}" for p in logs if "Traceback" in p.read_text())
+        pytest.fail(f"{launcher} sweep exited {r.returncode}\n{r.stderr[-3000:]}\n{tails}")
     ours = {p.name: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
     ref = {n: json.loads((joblib_sweep["runs"] / n).read_text()) for n in joblib_sweep["after"]}
     assert set(ours) == set(ref)  # same runs, same config hashes
