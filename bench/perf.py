@@ -36,6 +36,7 @@ import os
 import resource
 import selectors
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,7 +56,7 @@ FLOOR = "frozen"
 PERF_DEFAULTS: dict[str, Any] = {
     "steps": 20,  # timed training steps per method (after warm-up)
     "warmup": 3,  # untimed training steps per worker first (allocator, autotuning, phase switches)
-    "rounds": None,  # alternation rounds; the steps are split over them (null = one step per turn)
+    "rounds": None,  # alternation rounds; the steps are split over them (null = one step per turn; 2 without keep_alive)
     "batch_size": 16,  # training batch (synthetic, fixed length)
     "seq_len": 128,  # tokens per example
     "eval_batch_size": None,  # null = train.eval_batch_size
@@ -667,6 +668,12 @@ class InProcessWorker:
         self.session = None
 
 
+def n_rounds(p: DictConfig) -> int:
+    if p.rounds:
+        return int(p.rounds)
+    return int(p.steps) if p.keep_alive else min(2, int(p.steps))
+
+
 def split_steps(steps: int, rounds: int) -> list[int]:
     """steps spread over rounds as evenly as possible (earlier rounds take the remainder)."""
     base, extra = divmod(steps, rounds)
@@ -683,7 +690,7 @@ def run_benchmark(configs: dict[str, dict], p: DictConfig, log=None) -> dict[str
     log = log or (lambda msg: print(msg, flush=True))
     pd = OmegaConf.to_container(p, resolve=True)
     names = list(configs)
-    rounds = int(p.rounds or p.steps)
+    rounds = n_rounds(p)
     train_blocks = split_steps(int(p.steps), rounds)
     eval_rounds = min(int(p.eval_steps), rounds)
     eval_blocks = split_steps(int(p.eval_steps), eval_rounds)
@@ -775,8 +782,11 @@ def run_benchmark(configs: dict[str, dict], p: DictConfig, log=None) -> dict[str
                     finish(workers)
                 log(f"[perf] round {r + 1}/{rounds} done")
     finally:
+        keep_logs = p.isolate and any(r["status"] != "ok" for r in results.values())
         for n in names:
-            results[n].setdefault("log", str(log_dir / f"{n}.log") if p.isolate else None)
+            results[n]["log"] = str(log_dir / f"{n}.log") if keep_logs else None
+        if not keep_logs:
+            shutil.rmtree(log_dir, ignore_errors=True)
     return results
 
 
@@ -945,7 +955,7 @@ def main(argv: list[str]) -> dict:
 
     t0 = time.perf_counter()
     print(f"[perf] model={first['model']['name']} task={first['task']['name']} batch {p.batch_size} x {p.seq_len}, "
-          f"{p.warmup} warm-up + {p.steps} timed steps in {p.rounds or p.steps} rounds, precision "
+          f"{p.warmup} warm-up + {p.steps} timed steps in {n_rounds(p)} rounds, precision "
           f"{first['train']['precision']}, gradient checkpointing {first['train']['gradient_checkpointing']}")
     raw = run_benchmark(configs, p)
     summary = summarize(raw, p)

@@ -155,6 +155,16 @@ def test_a_failing_method_is_recorded_and_the_others_still_run(tmp_path):
     assert res["lora"]["status"] == "failed" and "method.r" in res["lora"]["error"]
 
 
+def test_short_workers_per_round_merge_their_figures(tmp_path):
+    rec = perf.main([*TINY, "method=lora", "perf.steps=3", "perf.warmup=1", *SMALL, "perf.keep_alive=false",
+                     "perf.isolate=false", "perf.results_dir=null"])
+    assert rec["perf"]["keep_alive"] is False
+    for r in rec["results"].values():
+        assert r["status"] == "ok", r.get("error")
+        # 2 rounds (the default without keep_alive): 2 + 1 timed steps, a fresh worker with its own warm-up each
+        assert r["timed_steps"] == 3 and len(r["warmup_times_s"]) == 2
+
+
 def test_lora_dash_is_timed_after_its_switch():
     from methods import available
 
