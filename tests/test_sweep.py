@@ -366,6 +366,7 @@ def _same_records_as_joblib(launcher, joblib_sweep, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_submitit_local_sweep_writes_the_same_records(joblib_sweep, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     _same_records_as_joblib("submitit_local", joblib_sweep, tmp_path)
@@ -373,6 +374,7 @@ def test_submitit_local_sweep_writes_the_same_records(joblib_sweep, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_ray_sweep_writes_the_same_records(joblib_sweep, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")
     pytest.importorskip("ray")
