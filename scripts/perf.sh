@@ -21,10 +21,12 @@ minilm() {
 }
 
 # SmolLM2 as a causal LM (labels = input ids): a smaller batch, and one model in memory at a time
-# (keep_alive=false: one short worker per method and round, so 7 x 135M models never sit in RAM together).
+# (keep_alive=false: one short worker per method and round, so 7 x 135M models never sit in RAM together);
+# eval at batch 8 (at the default 64 x 128 one forward pass makes 1.6 GB of logits over the 49k vocabulary).
 smollm2() {
   "$PY" -m bench perf model=smollm2 task=gsm8k method="$METHODS" \
-    perf.batch_size=4 perf.seq_len=128 perf.steps=10 perf.warmup=2 perf.rounds=2 perf.keep_alive=false "$@"
+    perf.batch_size=4 perf.seq_len=128 perf.steps=10 perf.warmup=2 perf.rounds=2 perf.keep_alive=false \
+    perf.eval_batch_size=8 perf.eval_steps=2 "$@"
 }
 
 case $which in

@@ -117,6 +117,23 @@ def test_full_fine_tuning_session_changes_weights_with_the_trainers_adamw():
     assert rep["optimizer_state_bytes"] >= 2 * 4 * n  # exp_avg + exp_avg_sq in fp32
 
 
+@pytest.mark.parametrize("method", ["frozen", "lora"])
+def test_bf16_autocast_and_gradient_checkpointing_apply_to_every_method(method):
+    s = _session(method, extra=["train.precision=bf16", "train.gradient_checkpointing=true"])
+    base = s.model.get_base_model() if hasattr(s.model, "get_base_model") else s.model
+    on = getattr(base, "is_activation_checkpointing", None)
+    assert (on if on is not None else base.is_gradient_checkpointing) is True
+    inside = []
+    base.bert.encoder.layer[0].attention.self.query.register_forward_hook(lambda m, i, o: inside.append(o.dtype))
+    trained = [q.detach().clone() for q in s.trainable]
+    s.train(1)
+    assert torch.bfloat16 in inside  # the linear layers ran under bf16 autocast
+    if method == "frozen":
+        assert not trained
+    else:  # LoRA B starts at 0 and moves on the first step
+        assert any(not torch.equal(a, b) for a, b in zip(trained, s.trainable))
+
+
 # --- the whole command (in-process workers: fast) ----------------------------------------------------
 def test_perf_record_shape_and_ratios(tmp_path, capsys):
     rec = perf.main([*TINY, "method=full,lora,ia3", "perf.steps=2", "perf.warmup=1", *SMALL,
