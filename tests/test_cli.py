@@ -117,7 +117,8 @@ def test_data_dir_with_missing_columns_fails_before_training(tmp_path):
 def test_real_sst2_on_minilm_beats_majority(shared_data, tmp_path):
     """A short LoRA run on real SST-2 with the packaged MiniLM learns (majority class is 50.9%)."""
     r = run_cli(["run", "method=lora", "task=sst2", "data.max_train_samples=1000", "data.max_eval_samples=400",
-                 "train.lr=1e-3", "train.progress=false", f"data_dir={shared_data}", f"results_dir={tmp_path}"],
+                 # lr 1e-3 stays at 0.515 after these 63 steps; 3e-3 reaches 0.75 (same seed, this machine)
+                 "train.lr=3e-3", "train.progress=false", f"data_dir={shared_data}", f"results_dir={tmp_path}"],
                 timeout=1800)  # ~1 min on a quiet 2-core machine; generous for a loaded one
     assert r.returncode == 0, r.stderr[-3000:]
     (rec,) = records(tmp_path)
