@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@touch $@
 
 run: env
-	$(BIN)/python -m bench run $(RUN_ARGS) offline_fallback="$(OFFLINE_FALLBACK)"
+	$(BIN)/python -m bench run $(RUN_ARGS) "offline_fallback='$(OFFLINE_FALLBACK)'"
 
 test: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not cluster"

@@ -123,3 +123,25 @@ def test_real_sst2_on_minilm_beats_majority(shared_data, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (rec,) = records(tmp_path)
     assert rec["main_score"] > 0.65
+
+
+def test_make_run_falls_back_to_the_offline_task_when_the_data_cannot_be_reached(tmp_path):
+    """The README's run command (`make run`) quotes its fallback so Hydra parses it; no data -> the offline task runs."""
+    import shlex
+    import subprocess
+
+    from conftest import ROOT
+
+    run_args = (f"method=lora task=sst2 model=tiny-bert data_dir={tmp_path}/no-data results_dir={tmp_path}/runs "
+                f"cache_dir={tmp_path}/cache train.progress=false")
+    fallback = "task=gsm_symbolic model=tiny-llama train.max_steps=2 data.max_train_samples=8 data.max_eval_samples=2"
+    dry = subprocess.run(["make", "-n", "run", f"RUN_ARGS={run_args}", f"OFFLINE_FALLBACK={fallback}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    line = next(ln for ln in dry.stdout.splitlines() if "-m bench run" in ln)
+    argv = shlex.split(line)
+    r = run_cli(argv[argv.index("bench") + 1:], env_extra={"BENCH_CACHE_DIR": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "sst2 data cannot be reached" in r.stdout and "running the offline task instead" in r.stdout
+    (rec,) = records(tmp_path / "runs")
+    assert rec["task"] == "gsm_symbolic" and rec["model"] == "tiny-llama" and rec["train"]["steps"] == 2
+    assert rec["config"]["offline_fallback"] is None
