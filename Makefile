@@ -13,7 +13,7 @@ RUN_ARGS ?= method=propulsion task=sst2 model=minilm data.max_train_samples=4000
 OFFLINE_FALLBACK ?= task=gsm_symbolic model=smollm2 train.max_steps=20 train.batch_size=4 train.lr=3e-3 data.max_eval_samples=16
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run test test-fast test-slow test-cluster env lock clean
+.PHONY: run test test-fast test-slow test-cluster test-gpu env lock clean
 
 env: $(VENV)/.installed
 
@@ -38,6 +38,9 @@ test-cluster: env
 
 test-fast: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow"
+
+test-gpu: env
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -m gpu
 
 test-slow: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m slow
