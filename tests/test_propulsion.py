@@ -180,7 +180,8 @@ def test_merge_adapter_then_unmerge_restores_the_weights(tiny_roberta):
 def test_save_and_from_pretrained_round_trip_holds_only_z(tmp_path):
     model = get_peft_model(roberta(), P.PropulsionConfig(degree=20))
     perturb_z(model)
-    expected = model(input_ids=IDS).logits
+    with torch.no_grad():  # the reloaded model runs without grad, so compare like with like (see test_fused_...)
+        expected = model(input_ids=IDS).logits
     model.save_pretrained(tmp_path)
 
     saved = load_file(tmp_path / "adapter_model.safetensors")
@@ -203,7 +204,7 @@ def test_trained_head_is_saved_and_not_scaled(tmp_path):
         for n, p in model.named_parameters():
             if "modules_to_save" in n:
                 p.add_(0.1)
-    expected = model(input_ids=IDS).logits
+        expected = model(input_ids=IDS).logits  # no grad, as the reloaded model runs
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "adapter_model.safetensors")
     head = {k for k in saved if ".classifier." in k}
@@ -296,7 +297,8 @@ def test_llama_with_tied_embeddings_merges_exactly_by_untying(targets, tmp_path)
     assert base.lm_head.weight is base.model.embed_tokens.weight  # tied
     table = base.lm_head.weight.detach().clone()
     perturb_z(model)
-    expected = model(input_ids=IDS).logits
+    with torch.no_grad():  # as the reloaded model runs
+        expected = model(input_ids=IDS).logits
 
     model.save_pretrained(tmp_path, save_embedding_layers=False)
     assert all(k.endswith("propulsion_z") for k in load_file(tmp_path / "adapter_model.safetensors"))
@@ -394,3 +396,21 @@ def test_harness_apply_on_a_causal_lm_and_save(tmp_path):
     assert model.peft_config["default"].degree == 15 and "lm_head" not in targeted(model)
     method.save(model, {}, str(tmp_path))
     assert all(k.endswith("propulsion_z") for k in load_file(tmp_path / "adapter_model.safetensors"))
+
+
+def test_fused_linear_path_equals_the_plain_multiply_in_values_and_gradients(monkeypatch):
+    """Training scales a frozen Linear's weight (diag(s) W) instead of its output: same outputs and z gradients."""
+    results = []
+    for fuse in (True, False):
+        monkeypatch.setattr(P.layer, "FUSE_LINEAR", fuse)
+        model = get_peft_model(roberta(), P.PropulsionConfig(degree=15))
+        perturb_z(model)
+        out = model(input_ids=IDS).logits
+        out.pow(2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((out.detach(), grads))
+    (fused, g_fused), (plain, g_plain) = results
+    torch.testing.assert_close(fused, plain, atol=1e-6, rtol=1e-5)
+    assert g_fused.keys() == g_plain.keys() and any("query" in n for n in g_fused)
+    for n in g_fused:
+        torch.testing.assert_close(g_fused[n], g_plain[n], atol=1e-6, rtol=1e-4, msg=n)

@@ -6,6 +6,7 @@ import warnings
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -15,6 +16,9 @@ SUPPORTED_BASE_LAYERS = (nn.Linear, nn.Embedding, Conv1D)
 # for a model that modifies a wrapped layer's output in place (autograd then raises "modified by an inplace
 # operation"); the plain multiply keeps one more activation per wrapped layer.
 SAVE_OUTPUT_FOR_BACKWARD = True
+# Training through a frozen nn.Linear scales the weight (out x in) rather than the output (tokens x out):
+# see _ScaledLinear. False keeps the plain "base layer, then multiply" path everywhere (same values).
+FUSE_LINEAR = True
 
 
 def output_axis_of_weight(base_layer: nn.Module) -> int:
@@ -53,6 +57,51 @@ class _ScaleOutput(torch.autograd.Function):
             # where z**k == 0 the output carries no trace of the input; d(z**k)/dz is 0 there anyway for k > 1
             grad_scale = torch.where(scale != 0, summed / scale, torch.zeros_like(summed))
         return grad_result, grad_scale
+
+
+class _ScaledLinear(torch.autograd.Function):
+    """``F.linear(x, diag(s) W, s * b)`` for a frozen ``nn.Linear``: the scale goes into the weight, not the output.
+
+    Scaling the (out x in) weight costs less than scaling the (tokens x out) output whenever a batch holds more tokens
+    than the layer has inputs, and the backward pass needs no extra output-sized pass for the input gradient
+    (``grad @ (diag(s) W)`` is the matmul a frozen layer does anyway). The gradient of s is, as in
+    :class:`_ScaleOutput`, sum(grad * output) / s from the kept output. Only for frozen weight and bias (the
+    weight gradient would need the input, which this function does not keep).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], scale: torch.Tensor):
+        w = weight * scale.to(weight.dtype).unsqueeze(1)
+        b = bias * scale.to(bias.dtype) if bias is not None else None
+        output = F.linear(x, w, b)  # autocast (if on) casts as it would for the base layer
+        ctx.save_for_backward(output, scale, weight)
+        ctx.x_dtype = x.dtype
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        output, scale, weight = ctx.saved_tensors
+        grad_x = grad_scale = None
+        if ctx.needs_input_grad[0]:
+            w = (weight * scale.to(weight.dtype).unsqueeze(1)).to(grad.dtype)
+            grad_x = (grad @ w).to(ctx.x_dtype)
+        if ctx.needs_input_grad[3]:
+            summed = (grad * output).reshape(-1, output.shape[-1]).sum(0, dtype=torch.float32)
+            s = scale.float()
+            grad_scale = torch.where(s != 0, summed / s, torch.zeros_like(summed)).to(scale.dtype)
+        return grad_x, None, None, grad_scale
+
+
+def _fusable_linear(base: nn.Module) -> bool:
+    """A plain frozen nn.Linear without hooks: its forward can be replaced by :class:`_ScaledLinear`."""
+    return (
+        type(base) is nn.Linear
+        and not base.weight.requires_grad
+        and (base.bias is None or not base.bias.requires_grad)
+        and not base._forward_hooks
+        and not base._forward_pre_hooks
+    )
 
 
 class PropulsionLayer(BaseTunerLayer):
@@ -146,8 +195,20 @@ class PropulsionLayer(BaseTunerLayer):
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
         scale = self._scale_of(a for a in self.active_adapters if a not in self.merged_adapters)
+        if (
+            scale is not None
+            and FUSE_LINEAR
+            and SAVE_OUTPUT_FOR_BACKWARD
+            and not args
+            and not kwargs
+            and torch.is_grad_enabled()
+            and scale.requires_grad
+            and _fusable_linear(self.base_layer)
+        ):
+            base = self.base_layer
+            return _ScaledLinear.apply(x, base.weight, base.bias, scale)
+        result = self.base_layer(x, *args, **kwargs)
         if scale is None:
             return result
         scale = scale.to(result.dtype)
