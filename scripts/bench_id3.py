@@ -60,8 +60,19 @@ def child(args) -> dict:
     sys.path.insert(0, str(ROOT))
     from transformers import AutoModelForSequenceClassification
 
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no GPU here")
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(str(args.model), num_labels=2)
+    if args.shape:  # a random-initialised BERT of the given shape (layers x hidden), e.g. where the weights are absent
+        from transformers import BertConfig, BertForSequenceClassification
+
+        layers, hidden = (int(v) for v in args.shape.split("x"))
+        model = BertForSequenceClassification(BertConfig(hidden_size=hidden, num_hidden_layers=layers,
+                                                         num_attention_heads=12, intermediate_size=4 * hidden,
+                                                         num_labels=2))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(args.model), num_labels=2)
     model.train()
     g = torch.Generator().manual_seed(1)
     batch = {
@@ -69,10 +80,16 @@ def child(args) -> dict:
         "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long),
         "labels": torch.randint(0, 2, (args.batch,), generator=g),
     }
+    if cuda:
+        model.cuda()
+        batch = {k: v.cuda() for k, v in batch.items()}
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     head = [n for n, _ in model.named_parameters() if n.startswith("classifier.")]
     total = sum(p.numel() for p in model.parameters())
     peak_reset = _reset_peak()
     base_kb = _status_kb("VmRSS")
+    cuda_base = torch.cuda.memory_allocated() if cuda else 0
     train_cfg = dict(lr=args.lr, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
 
     if args.child == "ours":
@@ -112,9 +129,13 @@ def child(args) -> dict:
         model.zero_grad(set_to_none=True)
         loss = model(**batch).loss
         loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
         t1 = time.perf_counter()
         if opt is not None:
             opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         t2 = time.perf_counter()
         c2 = time.process_time()
         if args.child == "peer":
@@ -141,6 +162,9 @@ def child(args) -> dict:
         "peak_is_since_reset": peak_reset,
         "loss_last": float(loss),
     }
+    if cuda:
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["cuda_base_mb"] = cuda_base / 2**20
     if args.child == "ours":
         out["unmasked"] = opt.unmasked_count()
         out["opt_state_numel"] = opt.state_numel()
@@ -162,6 +186,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--shape", help="LAYERSxHIDDEN: a random-initialised BERT of this shape instead of --model")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -182,12 +208,14 @@ def main() -> None:
             continue
         results[v] = json.loads(line[len("RESULT "):])
         r = results[v]
+        if "cuda_peak_mb" in r:
+            print(f"{v:>10}: CUDA max allocated {r['cuda_peak_mb']:8.1f} MB (model + batch {r['cuda_base_mb']:.1f})")
         print(f"{v:>10}: step {r['step_s']*1000:8.1f} ms (min {r['step_min_s']*1000:8.1f}, cpu "
               f"{r['step_cpu_s']*1000:8.1f}; fwd+bwd {r['fwd_bwd_s']*1000:7.1f}, opt {r['opt_s']*1000:7.1f})  peak RSS {r['peak_rss_mb']:7.1f} MB  (base {r['base_rss_mb']:6.1f}, "
               f"peak-base {r['peak_over_base_mb']:6.1f})", flush=True)
 
     def ratio(a, b, key):
-        if a in results and b in results:
+        if a in results and b in results and key in results[a] and key in results[b]:
             return results[a][key] / results[b][key]
         return None
 
@@ -203,8 +231,13 @@ def main() -> None:
         "peer/full step time": ratio("peer", "full", "step_s"),
         "ours/peer step time": ratio("ours", "peer", "step_s"),
         "ours/floor peak RSS": ratio("ours", "floor", "peak_rss_mb"),
+        "ours/peer CUDA max allocated": ratio("ours", "peer", "cuda_peak_mb"),
+        "ours/full CUDA max allocated": ratio("ours", "full", "cuda_peak_mb"),
+        "peer/full CUDA max allocated": ratio("peer", "full", "cuda_peak_mb"),
+        "floor/peer CUDA max allocated": ratio("floor", "peer", "cuda_peak_mb"),
+        "floor/peer peak RSS": ratio("floor", "peer", "peak_rss_mb"),
     }
-    print(f"\nMiniLM batch {args.batch} x {args.seq}, budget {args.budget}, T {args.T}, threads {args.threads}, "
+    print(f"\n{args.shape or 'MiniLM'} on {args.device}, batch {args.batch} x {args.seq}, budget {args.budget}, T {args.T}, threads {args.threads}, "
           f"median of {args.steps} steps after {args.warmup} warm-up")
     for k, val in ratios.items():
         if val is not None:
