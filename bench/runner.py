@@ -170,7 +170,10 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     model = family.build_model(tokenizer)
     heads = head_modules(model)
     base_total = count_parameters(model)["total"]
-    total_steps = optimizer_steps(len(data.train), t)
+    # the tokenized train set is what the Trainer steps over (QA: one feature per window, not per example)
+    train_ds = family.train_dataset(data, tokenizer)
+    record["data"]["tokenized_cache_hit"] = getattr(family, "last_cache_hit", None)
+    total_steps = optimizer_steps(len(train_ds), t)
     mcfg = plain(cfg.method)
     ctx = MethodContext(
         task_type=family.task_type,
@@ -192,8 +195,6 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     if record["params"]["trainable"] == 0:
         raise BenchError(f"method {cfg.method.name!r} left no trainable parameter on this model; check its targets")
 
-    train_ds = family.train_dataset(data, tokenizer)
-    record["data"]["tokenized_cache_hit"] = getattr(family, "last_cache_hit", None)
     cost = CostCallback(run_start)
     history: list[dict] = []
     callbacks = [cost, *method.callbacks(model, mcfg, ctx)]

@@ -443,7 +443,7 @@ def test_cli_run_on_squad_v2_shaped_parquet(tmp_path):
     ds.to_parquet(str(folder / "train.parquet"))
     ds.to_parquet(str(folder / "validation.parquet"))
     args = ["run", "method=ia3", "task=squad_v2", "model=tiny-bert", f"data_dir={tmp_path}/data",
-            f"results_dir={tmp_path}/runs", f"cache_dir={tmp_path}/cache", "train.max_steps=2", "train.batch_size=4",
+            f"results_dir={tmp_path}/runs", f"cache_dir={tmp_path}/cache", "train.epochs=1", "train.batch_size=4",
             "train.progress=false", "task.max_length=64", "task.doc_stride=16", "task.max_query_length=40"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -452,6 +452,9 @@ def test_cli_run_on_squad_v2_shaped_parquet(tmp_path):
     [path] = list((tmp_path / "runs").glob("squad_v2__ia3__tiny-bert__*.json"))
     rec = json.loads(path.read_text())
     assert rec["status"] == "ok" and rec["data"]["carved"] is None  # a train split exists: nothing carved
+    # one epoch steps over the windows (features), not the examples; methods are told that step count
+    feats = rec["data"]["train_features"]
+    assert feats > len(ds) and rec["train"]["planned_steps"] == rec["train"]["steps"] == -(-feats // 4)
     m = rec["metrics"]
     assert {"HasAns_f1", "NoAns_f1", "best_f1", "null_threshold"} <= set(m) and m["HasAns_total"] == m["NoAns_total"] == 2
     preds = json.loads((path.with_suffix("") / "predictions.json").read_text())
