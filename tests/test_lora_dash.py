@@ -443,7 +443,8 @@ def test_save_reload_merge_unmerge(tmp_path):
     reloaded = PeftModel.from_pretrained(_tiny_bert(), str(tmp_path / "adapter"))
     assert is_switched(reloaded) and switch_step(reloaded) == 3
     torch.testing.assert_close(reloaded(input_ids=x).logits, expected, atol=1e-5, rtol=0)
-    assert get_method("lora_dash").record_state(reloaded, _cfg())["switch_step"] == 3
+    state = get_method("lora_dash").record_state(reloaded, _cfg())
+    assert state["switch_step"] == 3 and state["d_abs_max"] > 0 and state["d_abs_mean"] > 0  # d was randomized
 
     # merge in place and back
     originals = {n: l.get_base_layer().weight.detach().clone() for n, l in dash_layers(reloaded)}
@@ -515,6 +516,7 @@ def test_svd_cache_hit_on_second_apply(tmp_path):
     state = get_method("lora_dash").record_state(third, _cfg())
     assert state["switch_cost"]["svd_cache_misses"] == 12 and state["switched"] and state["switch_step"] == 3
     assert state["dash_parameters"] == 36 and state["adapted_matrices"] == 12
+    assert state["d_abs_max"] == 0.0  # just switched: d starts at 0
     assert math.isfinite(state["switch_cost"]["switch_seconds"])
 
 

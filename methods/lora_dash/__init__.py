@@ -176,4 +176,12 @@ class LoraDash(Method):
             top = sum(int((i < s).sum()) for i in idx)
             total = sum(i.numel() for i in idx)
             out["chosen_in_top_s_fraction"] = round(top / total, 4) if total else None
+            # how far d moved from 0 (it starts at 0: a d that never moves makes LoRA-Dash plain LoRA)
+            ds = [m.lora_dash_d[adapter].detach().float().abs().cpu() for m in layers if adapter in m.lora_dash_d]
+            if ds:
+                import torch
+
+                flat = torch.cat(ds)
+                out["d_abs_mean"] = round(float(flat.mean()), 6)
+                out["d_abs_max"] = round(float(flat.max()), 6)
         return out
