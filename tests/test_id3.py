@@ -131,6 +131,28 @@ def test_chunked_streaming_selection_matches_brute_force(monkeypatch):
     assert not (set(flat) & taken)
 
 
+def test_chunks_visited_by_largest_gradient_skip_unread_and_select_the_same(monkeypatch):
+    """exp = 0: chunks go in decreasing max |g|; those below the k-th best are never scored; ties still by position."""
+    monkeypatch.setattr(id3_optimizer, "CHUNK", 32)
+    monkeypatch.setattr(id3_select, "SAMPLE", 8)
+    g = torch.Generator().manual_seed(5)
+    scales = (0.01, 1.0, 0.01, 0.5, 1.0, 0.001)  # small-gradient tensors first and between the large ones
+    params = [nn.Parameter(torch.randn(n, generator=g)) for n in (200, 70, 96, 64, 33, 150)]
+    for p, sc in zip(params, scales):  # quantised: ties within and across tensors, also at the k-th score
+        p.grad = sc * torch.randint(-3, 4, (p.numel(),), generator=g).float()
+    scored = []
+    for k in (1, 5, 30, 90, 130, 400, 613):
+        opt = ID3Optimizer(params, budget=613, T=1, free_grads=False)
+        real = opt._score
+        monkeypatch.setattr(opt, "_score", lambda p, s, e, out, real=real: scored.append(1) or real(p, s, e, out))
+        scored.clear()
+        got = opt._select(k, exclude_selected=False)
+        flat = [int(j) + opt._offsets[i] for i, idx in enumerate(got) for j in idx]
+        assert flat == _brute_topk([p.grad.abs() for p in params], k), k
+        if k <= 90:  # the small-gradient tensors (half of the entries) are never scored
+            assert len(scored) < len(opt._chunks()), (k, len(scored))
+
+
 # ----------------------------------------------------------------------------------------------- schedule / budget
 def test_unmasked_count_follows_the_schedule():
     net = _mlp()

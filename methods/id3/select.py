@@ -80,12 +80,14 @@ def chunk_top(scores: torch.Tensor, k: int, floor: Optional[float], bool_buf: to
 
 
 class StreamingTopK:
-    """Running global top-k over chunks offered in increasing position order; memory O(k)."""
+    """Running global top-k over chunks (in increasing position order unless ``in_order`` is False); memory O(k)."""
 
     def __init__(self, k: int, device: torch.device):
         self.k = k
         self.vals: Optional[torch.Tensor] = None
         self.pos = torch.empty(0, dtype=torch.long, device=device)
+        #: False when chunks come in any order: every offer then re-sorts the (at most 2k) kept entries by position
+        self.in_order = True
 
     @property
     def floor(self) -> Optional[float]:
@@ -98,9 +100,12 @@ class StreamingTopK:
             return
         if self.vals is None:
             self.vals, self.pos = vals, pos
-        else:  # pos is larger than every kept position, so concatenation stays in position order
+        else:  # in order: pos is larger than every kept position, so concatenation stays in position order
             self.vals = torch.cat([self.vals, vals])
             self.pos = torch.cat([self.pos, pos])
+            if not self.in_order:
+                by_pos = torch.argsort(self.pos)
+                self.vals, self.pos = self.vals[by_pos], self.pos[by_pos]
         if self.pos.numel() > self.k:
             keep = det_topk(self.vals, self.k)
             self.vals, self.pos = self.vals[keep], self.pos[keep]
