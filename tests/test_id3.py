@@ -101,8 +101,10 @@ def test_det_topk_breaks_ties_by_position():
         assert got == _brute_topk([vals], k)
 
 
-def test_chunked_streaming_selection_matches_brute_force(monkeypatch):
+@pytest.mark.parametrize("skip_by_bound", [True, False])  # chunks by decreasing max |g| (CPU) / in position order
+def test_chunked_streaming_selection_matches_brute_force(monkeypatch, skip_by_bound):
     """Small CHUNK / SAMPLE force the multi-chunk, sampled-threshold and floor paths; the result must not change."""
+    monkeypatch.setattr(ID3Optimizer, "skip_by_bound", skip_by_bound)
     monkeypatch.setattr(id3_optimizer, "CHUNK", 64)
     monkeypatch.setattr(id3_select, "SAMPLE", 8)
     g = torch.Generator().manual_seed(3)

@@ -51,6 +51,10 @@ class ID3Optimizer(Optimizer):
         free_grads: drop the selective tensors' ``.grad`` at the end of ``step()`` (they are O(model) memory).
     """
 
+    #: visit chunks by decreasing max |g| and skip those that cannot enter (exp = 0); None = on CPU tensors only.
+    #: The selection is the same either way.
+    skip_by_bound: Optional[bool] = None
+
     def __init__(
         self,
         params: Iterable,
@@ -252,7 +256,10 @@ class ID3Optimizer(Optimizer):
         top = StreamingTopK(k, params[0].device)
         order = list(range(len(chunks)))
         bounds = None
-        if self.score_exp == 0.0 and len(chunks) > 1:
+        skip = self.skip_by_bound
+        if skip is None:  # auto: a win where scoring is bandwidth-bound (CPU); on a GPU the extra launches cost more
+            skip = params[0].device.type == "cpu"
+        if skip and self.score_exp == 0.0 and len(chunks) > 1:
             bounds = self._chunk_bounds(chunks)
             order.sort(key=lambda c: (-math.inf if bounds[c] != bounds[c] else -bounds[c], c))
             top.in_order = False
