@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -11,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from conftest import run_cli
 
 from bench import squad_metrics as SM
 from bench.cli import compose
@@ -419,9 +419,7 @@ def test_cli_run_on_real_squad_writes_a_record(tmp_path):
     args = ["run", "method=lora", "task=squad", "model=tiny-bert", f"data_dir={DATA}", f"results_dir={tmp_path}/runs",
             f"cache_dir={tmp_path}/cache", "train.max_steps=2", "train.batch_size=4", "data.max_train_samples=16",
             "data.max_eval_samples=12", "train.progress=false", "task.max_length=128", "task.doc_stride=32"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [path] = list((tmp_path / "runs").glob("squad__lora__tiny-bert__*.json"))
     rec = json.loads(path.read_text())
@@ -445,9 +443,7 @@ def test_cli_run_on_squad_v2_shaped_parquet(tmp_path):
     args = ["run", "method=ia3", "task=squad_v2", "model=tiny-bert", f"data_dir={tmp_path}/data",
             f"results_dir={tmp_path}/runs", f"cache_dir={tmp_path}/cache", "train.epochs=1", "train.batch_size=4",
             "train.progress=false", "task.max_length=64", "task.doc_stride=16", "task.max_query_length=40"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [path] = list((tmp_path / "runs").glob("squad_v2__ia3__tiny-bert__*.json"))
     rec = json.loads(path.read_text())

@@ -32,6 +32,15 @@ def output_axis_of_weight(base_layer: nn.Module) -> int:
     )
 
 
+def _grad_of_scale(grad: torch.Tensor, output: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """d loss / d scale for ``output = result * scale``: sum(grad * result) = sum(grad * output) / scale, summed in
+    float32 over every axis but the last. Where scale == 0 the output carries no trace of the input; d(z**k)/dz
+    is 0 there anyway for k > 1, so the gradient is set to 0."""
+    summed = (grad * output).reshape(-1, output.shape[-1]).sum(0, dtype=torch.float32)
+    s = scale.float()
+    return torch.where(s != 0, summed / s, torch.zeros_like(summed)).to(scale.dtype)
+
+
 class _ScaleOutput(torch.autograd.Function):
     """``result * scale`` that keeps its *output* (not its input) for the backward pass.
 
@@ -51,11 +60,7 @@ class _ScaleOutput(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         output, scale = ctx.saved_tensors
         grad_result = grad * scale if ctx.needs_input_grad[0] else None
-        grad_scale = None
-        if ctx.needs_input_grad[1]:
-            summed = (grad * output).reshape(-1, output.shape[-1]).sum(0)
-            # where z**k == 0 the output carries no trace of the input; d(z**k)/dz is 0 there anyway for k > 1
-            grad_scale = torch.where(scale != 0, summed / scale, torch.zeros_like(summed))
+        grad_scale = _grad_of_scale(grad, output, scale) if ctx.needs_input_grad[1] else None
         return grad_result, grad_scale
 
 
@@ -87,9 +92,7 @@ class _ScaledLinear(torch.autograd.Function):
             w = (weight * scale.to(weight.dtype).unsqueeze(1)).to(grad.dtype)
             grad_x = (grad @ w).to(ctx.x_dtype)
         if ctx.needs_input_grad[3]:
-            summed = (grad * output).reshape(-1, output.shape[-1]).sum(0, dtype=torch.float32)
-            s = scale.float()
-            grad_scale = torch.where(s != 0, summed / s, torch.zeros_like(summed)).to(scale.dtype)
+            grad_scale = _grad_of_scale(grad, output, scale)
         return grad_x, None, None, grad_scale
 
 
