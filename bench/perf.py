@@ -439,7 +439,8 @@ class Session:
         if self.optimizer is not None:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-            if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            clips_itself = getattr(self.optimizer, "handles_grad_clipping", False)  # ID3 in backward mode
+            if self.args.max_grad_norm and self.args.max_grad_norm > 0 and not clips_itself:
                 torch.nn.utils.clip_grad_norm_(self.trainable, self.args.max_grad_norm)
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)

@@ -202,7 +202,10 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
         callbacks.append(_EpochEval(family, data, tokenizer, history, cost))
     train_cfg = plain(t)
     optimizer = method.create_optimizer(model, mcfg, ctx, train_cfg)
-    trainer = _make_trainer(cfg, model, train_ds, family.collator(tokenizer), callbacks, optimizer, artifact_dir)
+    # an optimizer that clips during its own step (ID3 in backward mode) takes train.max_grad_norm itself
+    clips_itself = bool(getattr(optimizer, "handles_grad_clipping", False))
+    trainer = _make_trainer(cfg, model, train_ds, family.collator(tokenizer), callbacks, optimizer, artifact_dir,
+                            trainer_clips=not clips_itself)
     trainer.train()
     cost_summary = cost.summary(int(t.batch_size) * int(t.grad_accum))
 
@@ -257,7 +260,7 @@ def _enable_gradient_checkpointing(model) -> None:
     target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, artifact_dir: Path):
+def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, artifact_dir: Path, trainer_clips=True):
     import torch
     from transformers import Trainer, TrainingArguments
 
@@ -274,7 +277,7 @@ def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, artifact
         warmup_steps=warmup,
         lr_scheduler_type=t.scheduler,
         weight_decay=float(t.weight_decay),
-        max_grad_norm=float(t.max_grad_norm),
+        max_grad_norm=float(t.max_grad_norm) if trainer_clips else 0.0,
         adam_beta1=float(t.adam_beta1),
         adam_beta2=float(t.adam_beta2),
         adam_epsilon=float(t.adam_epsilon),

@@ -471,8 +471,9 @@ def test_trainer_drives_the_optimizer(tiny_bert, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- peer
+@pytest.mark.parametrize("in_backward", [False, True])
 @pytest.mark.parametrize("exp", [0.0, 1.0])
-def test_same_selection_as_selective_optimizers(exp):
+def test_same_selection_as_selective_optimizers(exp, in_backward):
     """The authors' package (selective-optimizers 0.4) selects the same entries and gives the same weights when scores
     have no ties. Its optimizer never advances its own step counter, so the test advances it (B % T != 0 here), and
     it keeps unmasking past T, so the comparison covers T steps."""
@@ -481,7 +482,7 @@ def test_same_selection_as_selective_optimizers(exp):
     ours_net, peer_net = _mlp(), _mlp()
     B, T = 41, 8
     ours = ID3Optimizer(ours_net.parameters(), budget=B, T=T, lr=1e-2, score_eps=1e-3, score_exp=exp,
-                        free_grads=False)
+                        free_grads=False, in_backward=in_backward)
     peer_cls = wrap.get_selective_optimizer(torch.optim.AdamW, "id3")
     peer = peer_cls(peer_net.parameters(), lr=1e-2, budget=B, max_steps=T, eps=1e-3, exp=exp, verify=False)
     for _ in range(T):
@@ -514,3 +515,179 @@ def test_causal_lm_with_tied_embeddings(tiny_llama):
     assert opt.unmasked_count() == 100 and opt.state_numel()["dense"] == 0
     changed = _changed(before, model)
     assert sum(v.numel() for v in changed.values()) == 100
+
+
+# ----------------------------------------------------------------------------------------------- in-backward mode
+def _bert_pair_run(in_backward, schedule, exp, clip, steps=6):
+    """tiny BERT, ID3 through the method hooks; the standard mode clips as the Trainer does (before step)."""
+    from tests.conftest import tiny_bert_config
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    method = get_method("id3")
+    cfg = _id3_cfg(budget=300, T=4, schedule=schedule, exp=exp, in_backward=in_backward)
+    model = method.apply(model, cfg, _ctx(total_steps=4))
+    opt = method.create_optimizer(model, cfg, _ctx(total_steps=4), {**TRAIN_CFG, "max_grad_norm": clip})
+    assert opt.in_backward is in_backward and opt.handles_grad_clipping is in_backward
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for s in range(steps):
+        opt.zero_grad()
+        model(**_bert_batch(s)).loss.backward()
+        if in_backward:  # every selective gradient was scored and dropped during backward; the head's is kept
+            assert all(p.grad is None for p in opt.selective_params)
+            assert model.classifier.weight.grad is not None
+            bw = opt._bw  # O(B): the gradient at the selected entries, and at the (<= k) candidates of this step
+            assert sum(g.numel() for g in bw.gsel.values()) == (opt.unmasked_count() if bw.exclude else 0)
+            assert bw.top.pos.numel() <= bw.k
+        elif clip:
+            torch.nn.utils.clip_grad_norm_(trainable, clip)
+        opt.step()
+    return model, opt
+
+
+@pytest.mark.parametrize("schedule,exp,clip", [
+    ("incremental", 0.0, 0.0), ("incremental", 1.0, 0.05), ("incremental", 0.0, 0.05),
+    ("static", 0.0, 0.05), ("dynamic", 0.0, 0.0), ("dynamic", 1.0, 0.05),
+])
+def test_in_backward_selects_and_trains_as_the_step_mode(monkeypatch, schedule, exp, clip):
+    """Selection during backward (several chunks per tensor, bound skipping on) = selection in step(); the weights
+    agree exactly without clipping, and to float rounding of the global norm with it (clip 0.05 always bites)."""
+    monkeypatch.setattr(id3_optimizer, "CHUNK", 500)
+    monkeypatch.setattr(id3_select, "SAMPLE", 16)
+    a, oa = _bert_pair_run(False, schedule, exp, clip)
+    b, ob = _bert_pair_run(True, schedule, exp, clip)
+    for p, q in zip(oa.selective_params, ob.selective_params):
+        assert torch.equal(oa.selected_indices(p), ob.selected_indices(q))
+    assert oa.changed_count() == ob.changed_count() and ob.unmasked_count() == 300
+    tol = 0 if clip == 0 else 1e-7
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=tol)
+    if clip:
+        assert float(ob.last_grad_norm) > clip
+
+
+@pytest.mark.parametrize("order_seed", [0, 1, 2])
+def test_in_backward_ties_in_any_hook_order_match_brute_force(monkeypatch, order_seed):
+    """Gradients arrive in backward order, not position order; with heavy ties (also at the k-th score, across
+    tensors and chunks) the selection is still the global top-k by (score, position)."""
+    monkeypatch.setattr(id3_optimizer, "CHUNK", 64)
+    monkeypatch.setattr(id3_select, "SAMPLE", 8)
+    g = torch.Generator().manual_seed(3)
+    sizes = (300, 5, 129, 64, 90)
+    grads = [torch.randint(-3, 4, (n,), generator=g).float() * sc for n, sc in zip(sizes, (1, 1, 0.5, 1, 0.01))]
+    grads[2][10:100] = 0.0
+    params = [nn.Parameter(torch.randn(n, generator=g)) for n in sizes]
+    opt = ID3Optimizer(params, budget=230, T=3, lr=1e-3, in_backward=True)
+    order = torch.randperm(len(params), generator=torch.Generator().manual_seed(order_seed)).tolist()
+    taken: set = set()
+    for step in range(3):
+        k = opt.increment(step)
+        for i in order:  # what autograd's hook would do, in a shuffled order
+            params[i].grad = grads[i].clone()
+            opt._on_grad(i, params[i])
+        opt.step()
+        now = {int(j) + opt._offsets[i] for i, p in enumerate(params) for j in opt.selected_indices(p)}
+        scores = torch.cat([x.abs() for x in grads])
+        scores[list(taken)] = -1.0
+        assert sorted(now - taken) == _brute_topk([scores], k), step
+        assert taken <= now
+        taken = now
+    assert len(taken) == 230
+
+
+def test_in_backward_needs_one_backward_per_step():
+    net = _mlp()
+    X, Y = _mlp_data()
+    opt = ID3Optimizer(net.parameters(), budget=10, T=2, in_backward=True)
+    nn.functional.cross_entropy(net(X), Y).backward()
+    with pytest.raises(RuntimeError, match="in_backward=False"):
+        nn.functional.cross_entropy(net(X), Y).backward()
+    opt.zero_grad()  # forgets the gathered step: a new backward is fine
+    nn.functional.cross_entropy(net(X), Y).backward()
+    opt.step()
+    assert opt.unmasked_count() == 5
+    second = ID3Optimizer(net.parameters(), budget=10, T=2, in_backward=True)  # replaces the first one's hooks
+    nn.functional.cross_entropy(net(X), Y).backward()
+    second.step()
+    assert second.unmasked_count() == 5 and opt._bw is None
+    second.remove_hooks()
+    net.zero_grad()
+    nn.functional.cross_entropy(net(X), Y).backward()  # hooks gone: plain gradients again
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_in_backward_mode_follows_the_run(tiny_bert):
+    """auto: on for one backward per step, off for gradient accumulation or fp16; true with those is an error."""
+    method = get_method("id3")
+    with pytest.raises(MethodConfigError, match="in_backward"):
+        method.validate(_id3_cfg(in_backward="yes"))
+    for train, mode, expect in [({}, "auto", True), ({"grad_accum": 4}, "auto", False),
+                                ({"precision": "fp16"}, "auto", False), ({}, False, False), ({}, True, True)]:
+        cfg = _id3_cfg(in_backward=mode)
+        model = method.apply(copy.deepcopy(tiny_bert), cfg, _ctx(total_steps=4))
+        opt = method.create_optimizer(model, cfg, _ctx(total_steps=4), {**TRAIN_CFG, **train})
+        assert opt.in_backward is expect, (train, mode)
+        assert method.record_state(model, cfg)["in_backward"] is expect
+        opt.remove_hooks()
+    model = method.apply(copy.deepcopy(tiny_bert), _id3_cfg(in_backward=True), _ctx(total_steps=4))
+    with pytest.raises(MethodConfigError, match="grad_accum=2"):
+        method.create_optimizer(model, _id3_cfg(in_backward=True), _ctx(total_steps=4), {**TRAIN_CFG, "grad_accum": 2})
+
+
+def test_trainer_with_in_backward_clipping_matches_the_trainers_own(tiny_bert, tmp_path):
+    """The runner's contract: an optimizer that clips itself gets a Trainer with max_grad_norm 0, and the run equals
+    the standard mode clipped by the Trainer."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    rows = [{"input_ids": _bert_batch(i, n=1)["input_ids"][0].tolist(), "labels": i % 2} for i in range(8)]
+    finals = []
+    for in_bw in (False, True):
+        model = copy.deepcopy(tiny_bert)
+        method = get_method("id3")
+        cfg = _id3_cfg(budget=90, T=3, in_backward=in_bw)
+        model = method.apply(model, cfg, _ctx(total_steps=4))
+        opt = method.create_optimizer(model, cfg, _ctx(total_steps=4), {**TRAIN_CFG, "max_grad_norm": 0.02})
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=4,
+                                 learning_rate=1e-2, report_to="none", save_strategy="no", use_cpu=True,
+                                 disable_tqdm=True, logging_steps=100, seed=0, data_seed=0,
+                                 max_grad_norm=0.0 if opt.handles_grad_clipping else 0.02)
+        Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), optimizers=(opt, None)).train()
+        assert opt.steps == 4 and opt.unmasked_count() == 90
+        finals.append([p.detach().clone() for p in model.parameters()])
+    for p, q in zip(*finals):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("gc", [False, True])
+def test_runner_in_backward_run_equals_the_step_mode_run(glue_dir, tmp_path, gc):
+    """The harness end to end (with and without gradient checkpointing): the Trainer does not clip when the optimizer
+    clips itself, so both modes train the same model (clip 0.01 always bites)."""
+    from conftest import compose_cfg
+
+    from bench import runner
+
+    recs = []
+    for mode in ("false", "true"):
+        cfg = compose_cfg(["method=id3", "method.budget=500", f"method.in_backward={mode}", "task=sst2",
+                           "model=tiny-bert", "train.max_steps=3", "train.max_grad_norm=0.01", "train.lr=1e-2",
+                           f"train.gradient_checkpointing={str(gc).lower()}", "data.max_train_samples=24",
+                           "data.max_eval_samples=16", "train.progress=false", f"data_dir={glue_dir}",
+                           f"results_dir={tmp_path}/{mode}", f"cache_dir={tmp_path}/cache", "save_adapter=true"])
+        recs.append(runner.run(cfg))
+    std, inb = recs
+    assert std["method_state"]["in_backward"] is False and inb["method_state"]["in_backward"] is True
+    assert std["method_state"]["unmasked"] == inb["method_state"]["unmasked"] == 500
+    from safetensors.torch import load_file
+
+    from methods.id3.storage import DELTA_FILE
+
+    da, db = (load_file(f"{r['adapter_path']}/{DELTA_FILE}") for r in recs)
+    assert da.keys() == db.keys()
+    for key in da:  # the same entries changed, to the same values (up to the rounding of the global norm)
+        if key.endswith("::idx"):
+            assert torch.equal(da[key], db[key]), key
+        else:
+            torch.testing.assert_close(da[key], db[key], rtol=0, atol=1e-6)
+    assert sum(v.numel() for k, v in da.items() if k.endswith("::idx")) == 500

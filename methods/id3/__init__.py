@@ -138,6 +138,12 @@ class ID3(Method):
                     f"method.base={base!r} is not a registered method; choose one of "
                     f"{', '.join(m for m in available() if m != self.name)} or null"
                 )
+        in_bw = cfg.get("in_backward", "auto")
+        if in_bw not in ("auto", True, False):
+            raise MethodConfigError(
+                f"method.in_backward must be auto, true or false (select during the backward pass and never hold "
+                f"every gradient; auto = when the run allows it); got {in_bw!r}"
+            )
         base_cfg = cfg.get("base_cfg")
         if base_cfg is not None and not isinstance(base_cfg, Mapping):
             raise MethodConfigError(f"method.base_cfg must be a mapping of the base method's options; got {base_cfg!r}")
@@ -208,8 +214,11 @@ class ID3(Method):
                 ps = [params[n] for n in names if (n in decay) == decays]
                 if ps:
                     groups.append({"params": ps, "selective": selective, "weight_decay": wd if decays else 0.0})
+        in_bw = _in_backward(cfg.get("in_backward", "auto"), train_cfg)
         opt = ID3Optimizer(
             groups,
+            in_backward=in_bw,
+            max_grad_norm=float(train_cfg.get("max_grad_norm") or 0.0) if in_bw else 0.0,
             budget=plan.budget,
             T=plan.T,
             schedule=plan.schedule,
@@ -243,6 +252,8 @@ class ID3(Method):
             "base": plan.base,
             "budget_is_per_step": plan.schedule == "dynamic",
         }
+        if opt is not None:
+            state["in_backward"] = opt.in_backward
         if plan.schedule == "dynamic":
             state["note"] = (
                 "dynamic schedule: the top-B mask is re-chosen every step, so B bounds the entries updated per step; "
@@ -268,6 +279,21 @@ class ID3(Method):
         meta = {k: v for k, v in asdict(_plan(model)).items() if k not in ("scope_names", "head_names")}
         meta.update(steps=opt.steps, unmasked=opt.unmasked_count(), changed_entries=opt.changed_count())
         save_delta(model, opt, path, metadata=meta)
+
+
+def _in_backward(mode, train_cfg: Mapping[str, Any]) -> bool:
+    """Resolve method.in_backward against the run: the mode needs one backward per step and unscaled gradients."""
+    accum = int(train_cfg.get("grad_accum", 1) or 1)
+    fp16 = train_cfg.get("precision") == "fp16"
+    if mode == "auto":
+        return accum == 1 and not fp16
+    if mode and (accum != 1 or fp16):
+        why = f"train.grad_accum={accum}" if accum != 1 else "train.precision=fp16 (loss scaling)"
+        raise MethodConfigError(
+            f"method.in_backward=true needs one backward per optimizer step with unscaled gradients, but this run "
+            f"has {why}; use method.in_backward=auto or false"
+        )
+    return bool(mode)
 
 
 def _plan(model) -> ID3Plan:

@@ -21,6 +21,16 @@ Semantics (per optimizer step t = 0, 1, ...):
 State per selective tensor: ``idx`` (flat indices of selected entries, int64), ``exp_avg``, ``exp_avg_sq`` (one
 value per selected entry): optimizer memory is O(B), not O(model). Scoring reuses two scratch buffers of
 ``select.CHUNK`` entries and never concatenates the scores of the model.
+
+``in_backward=True`` moves the selection into the backward pass: as soon as a selective tensor's gradient is
+accumulated, a hook offers its best still-masked entries (score, position and gradient value) to the running global
+top-k, keeps the gradient at its already-selected entries, adds its squared norm to the clipping total, and drops
+the gradient. The model's gradients are then never all held at once: besides O(B) state the optimizer keeps one
+tensor's gradient at a time. ``step()`` finishes the selection, clips (``max_grad_norm``, torch's
+``clip_grad_norm_`` formula over the selective and the dense gradients together: the harness must not clip too,
+see ``handles_grad_clipping``) and updates. It needs exactly one backward per step (no gradient accumulation, no
+fp16 loss scaling). Scores are ranked before clipping, which scales every score by the same factor, so the
+selection is the standard mode's except where that scaling rounds two different scores to one value.
 """
 
 from __future__ import annotations
@@ -49,6 +59,8 @@ class ID3Optimizer(Optimizer):
         score_eps, score_exp: eps and exp of the importance ``|g| / (|theta| + eps)**exp``.
         lr, betas, eps, weight_decay: AdamW's; ``lr`` is read from each group at every step, so LR schedulers work.
         free_grads: drop the selective tensors' ``.grad`` at the end of ``step()`` (they are O(model) memory).
+        in_backward: select (and drop each selective gradient) during the backward pass; see the module docstring.
+        max_grad_norm: with ``in_backward``, clip the global gradient norm to this (0 = no clipping).
     """
 
     #: visit chunks by decreasing max |g| and skip those that cannot enter (exp = 0); None = on CPU tensors only.
@@ -69,6 +81,8 @@ class ID3Optimizer(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         free_grads: bool = True,
+        in_backward: bool = False,
+        max_grad_norm: float = 0.0,
     ):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -106,6 +120,40 @@ class ID3Optimizer(Optimizer):
         self._unmasked = 0
         self._scratch: dict = {}
         self._chunk_plan = None
+        self.in_backward = bool(in_backward)
+        if max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm must be >= 0, got {max_grad_norm}")
+        self.max_grad_norm = float(max_grad_norm)
+        self.last_grad_norm: Optional[torch.Tensor] = None  # in_backward: the global norm before clipping
+        self._bw: Optional[_BackwardStep] = None
+        self._hooks = []
+        if self.in_backward:
+            for i, p in enumerate(self.selective_params):
+                old = getattr(p, "_id3_grad_hook", None)
+                if old is not None:  # an earlier in-backward ID3 optimizer of this tensor: this one replaces it
+                    old.remove()
+                p._id3_grad_hook = p.register_post_accumulate_grad_hook(self._grad_hook(i))
+                self._hooks.append(p._id3_grad_hook)
+
+    @property
+    def handles_grad_clipping(self) -> bool:
+        """True when this optimizer clips the gradients itself (in_backward): the training loop must not."""
+        return self.in_backward
+
+    def remove_hooks(self) -> None:
+        """Detach the in-backward hooks from the parameters: their gradients are plain gradients again."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        for p in self.selective_params:
+            if hasattr(p, "_id3_grad_hook"):
+                del p._id3_grad_hook
+        self._bw = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Also forgets what the in-backward hooks gathered since the last step (a skipped step starts afresh)."""
+        super().zero_grad(set_to_none=set_to_none)
+        self._bw = None
 
     # ------------------------------------------------------------------ schedule
     def increment(self, t: int) -> int:
@@ -204,9 +252,10 @@ class ID3Optimizer(Optimizer):
             )
         return self._scratch[key]
 
-    def _score(self, p: torch.Tensor, s: int, e: int, out: torch.Tensor) -> torch.Tensor:
-        """H for entries [s, e) of p, written into ``out``."""
-        g = p.grad
+    def _score(self, p: torch.Tensor, s: int, e: int, out: torch.Tensor, g: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """H for entries [s, e) of p (gradient ``g``, default p.grad), written into ``out``."""
+        if g is None:
+            g = p.grad
         if g is None:  # no gradient reached this tensor: every entry scores 0
             return out.zero_()
         gs = g.reshape(-1)[s:e]
@@ -303,7 +352,10 @@ class ID3Optimizer(Optimizer):
         return out
 
     def _grow(self, k: int) -> None:
-        for p, new in zip(self.selective_params, self._select(k, exclude_selected=True)):
+        self._add_to_mask(self._select(k, exclude_selected=True))
+
+    def _add_to_mask(self, news: list[torch.Tensor]) -> None:
+        for p, new in zip(self.selective_params, news):
             if new.numel() == 0:
                 continue
             st = self.state[p]
@@ -318,8 +370,11 @@ class ID3Optimizer(Optimizer):
 
     def _reselect(self, k: int) -> None:
         """Dynamic schedule: replace the mask by the top-k of all entries, carrying moments of entries that stay."""
+        self._set_mask(self._select(k, exclude_selected=False))
+
+    def _set_mask(self, news: list[torch.Tensor]) -> None:
         total = 0
-        for p, new in zip(self.selective_params, self._select(k, exclude_selected=False)):
+        for p, new in zip(self.selective_params, news):
             st = self.state[p]
             m = torch.zeros(new.numel(), dtype=p.dtype, device=p.device)
             v = torch.zeros_like(m)
@@ -342,14 +397,16 @@ class ID3Optimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.in_backward:
+            self._step_in_backward()
+            return loss
         t = self.steps
-        if self.schedule == "dynamic":
-            if t < self.T or t == 0:
-                self._reselect(self.budget)
-        else:
-            k = self.increment(t)
-            if k > 0:
+        k, exclude = self._selection_plan()
+        if k > 0:
+            if exclude:
                 self._grow(k)
+            else:
+                self._reselect(k)
         self.steps = t + 1
         self.updates_performed += self._unmasked
 
@@ -363,8 +420,141 @@ class ID3Optimizer(Optimizer):
                 p.grad = None
         return loss
 
-    def _sparse_adamw(self, group) -> None:
-        """torch's AdamW formula on the gathered selected entries; one foreach op per stage for all tensors."""
+    def _selection_plan(self) -> tuple[int, bool]:
+        """(entries to select at this step, whether already selected entries are excluded)."""
+        t = self.steps
+        if self.schedule == "dynamic":
+            return (self.budget, False) if (t < self.T or t == 0) else (0, True)
+        return self.increment(t), True
+
+    # ------------------------------------------------------------------ in-backward mode
+    def _grad_hook(self, i: int):
+        def hook(p: torch.Tensor) -> None:
+            self._on_grad(i, p)
+
+        return hook
+
+    @torch.no_grad()
+    def _on_grad(self, i: int, p: torch.Tensor) -> None:
+        bw = self._bw
+        if bw is None:
+            k, exclude = self._selection_plan()
+            bw = self._bw = _BackwardStep(k, exclude, p.device)
+        if i in bw.seen:
+            raise RuntimeError(
+                "ID3Optimizer(in_backward=True) got a second gradient for the same tensor before step(): this mode "
+                "needs exactly one backward per optimizer step. For gradient accumulation use in_backward=False "
+                "(method.in_backward=false)"
+            )
+        bw.seen.add(i)
+        flat = p.grad.reshape(-1)
+        if self.max_grad_norm > 0:
+            bw.sq.append(torch.linalg.vector_norm(flat, dtype=torch.float32).square())
+        if bw.k > 0:
+            self._offer_tensor(i, flat, bw)
+        st = self.state.get(p)
+        if bw.exclude and st and "idx" in st and st["idx"].numel():
+            bw.gsel[i] = flat.index_select(0, st["idx"])
+        p.grad = None
+
+    def _offer_tensor(self, i: int, flat: torch.Tensor, bw: "_BackwardStep") -> None:
+        """Offer tensor i's best selectable entries (score, global position, gradient) to this step's top-k."""
+        p = self.selective_params[i]
+        n, off, top = flat.numel(), self._offsets[i], bw.top
+        chosen = None
+        if bw.exclude and p in self.state:
+            chosen = self.state[p].get("idx")
+            if chosen is not None and chosen.numel() == 0:
+                chosen = None
+        skip = self.skip_by_bound
+        if skip is None:
+            skip = p.device.type == "cpu"
+        skip = skip and self.score_exp == 0.0
+        for s in range(0, n, CHUNK):
+            e = min(n, s + CHUNK)
+            floor = top.floor
+            if skip and floor is not None:
+                lo, hi = torch.aminmax(flat[s:e])
+                if max(float(hi), -float(lo)) < floor:  # a NaN bound compares False: never skipped
+                    continue
+            local = None
+            if chosen is not None:
+                local = chosen if (s == 0 and e == n) else chosen[(chosen >= s) & (chosen < e)] - s
+            selectable = (e - s) - (0 if local is None else local.numel())
+            if selectable <= 0:
+                continue
+            buf, bool_buf = self._buffers(p)
+            scores = buf[: e - s]
+            self._score(p, s, e, scores, g=flat)
+            if local is not None and local.numel():
+                scores.index_fill_(0, local, MASKED)
+            if floor is not None:  # offers come in any order: keep ties with the floor (position decides later)
+                floor = float(torch.nextafter(torch.tensor(floor, dtype=scores.dtype),
+                                              torch.tensor(-math.inf, dtype=scores.dtype)))
+            loc, vals = chunk_top(scores, min(bw.k, selectable), floor, bool_buf)
+            top.offer(vals.to(top.pos.device), loc.to(top.pos.device) + (off + s),
+                      payload=flat[s:e].index_select(0, loc).to(top.pos.device))
+
+    @torch.no_grad()
+    def _step_in_backward(self) -> None:
+        bw = self._bw
+        self._bw = None
+        params = self.selective_params
+        if bw is None:  # no selective gradient this step (e.g. every selective tensor was unused)
+            k, exclude = self._selection_plan()
+            bw = _BackwardStep(k, exclude, params[0].device)
+        if bw.k > 0:  # tensors no gradient reached score 0 everywhere, as in the standard mode
+            for i, p in enumerate(params):
+                if i not in bw.seen:
+                    self._offer_tensor(i, torch.zeros(p.numel(), dtype=p.dtype, device=p.device), bw)
+        dense = [p for g in self.param_groups if not g["selective"] for p in g["params"] if p.grad is not None]
+        coef = None
+        if self.max_grad_norm > 0:
+            sq = bw.sq + [torch.linalg.vector_norm(p.grad, dtype=torch.float32).square() for p in dense]
+            if sq:
+                dev = params[0].device
+                total = torch.stack([v.to(dev) for v in sq]).sum().sqrt()
+                self.last_grad_norm = total
+                coef = torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
+                for p in dense:
+                    p.grad.mul_(coef.to(p.grad.device, p.grad.dtype))
+        # the selection, and each tensor's gathered gradient in the order of its idx after the update
+        grads: dict = {}
+        if bw.k > 0:
+            top = bw.top
+            pos, pay = top.pos, top.payload
+            if pay is None:
+                pay = torch.empty(0, dtype=params[0].dtype, device=pos.device)
+            cut = torch.searchsorted(pos, torch.tensor(self._offsets, device=pos.device)).tolist()
+            news = [(pos[cut[i] : cut[i + 1]] - self._offsets[i]).to(p.device) for i, p in enumerate(params)]
+            new_g = [pay[cut[i] : cut[i + 1]].to(p.device) for i, p in enumerate(params)]
+            if bw.exclude:
+                self._add_to_mask(news)
+                for i in bw.seen:
+                    old = bw.gsel.get(i)
+                    grads[i] = new_g[i] if old is None else torch.cat([old, new_g[i]])
+            else:
+                self._set_mask(news)
+                for i in bw.seen:
+                    grads[i] = new_g[i]
+        else:
+            grads = dict(bw.gsel)
+        self.steps += 1
+        self.updates_performed += self._unmasked
+        if coef is not None:
+            for g in grads.values():
+                g.mul_(coef.to(g.device, g.dtype))
+        index = {p: i for i, p in enumerate(params)}
+        for group in self.param_groups:
+            if group["selective"]:
+                self._sparse_adamw(group, {p: grads.get(index[p]) for p in group["params"]})
+            else:
+                self._dense_adamw(group)
+
+    def _sparse_adamw(self, group, gathered: Optional[dict] = None) -> None:
+        """torch's AdamW formula on the gathered selected entries; one foreach op per stage for all tensors.
+
+        ``gathered`` (in_backward): per tensor, its gradient at ``idx`` (None: no gradient this step, no update)."""
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
         step = self.steps
@@ -373,14 +563,18 @@ class ID3Optimizer(Optimizer):
         flats, idxs, ws, gs, ms, vs = [], [], [], [], [], []
         for p in group["params"]:
             st = self.state.get(p)
-            if not st or "idx" not in st or st["idx"].numel() == 0 or p.grad is None:
+            if gathered is not None:
+                g = gathered.get(p)
+            else:
+                g = None if p.grad is None else p.grad
+            if not st or "idx" not in st or st["idx"].numel() == 0 or g is None:
                 continue
             idx = st["idx"]
             flat = p.detach().view(-1)
             flats.append(flat)
             idxs.append(idx)
             ws.append(flat.index_select(0, idx))
-            gs.append(p.grad.reshape(-1).index_select(0, idx))
+            gs.append(g if gathered is not None else g.reshape(-1).index_select(0, idx))
             ms.append(st["exp_avg"])
             vs.append(st["exp_avg_sq"])
         if not ws:
@@ -455,3 +649,15 @@ class ID3Optimizer(Optimizer):
             self.steps = int(meta["steps"])
             self.updates_performed = int(meta["updates_performed"])
             self._unmasked = int(meta["unmasked"])
+
+
+class _BackwardStep:
+    """What the in-backward hooks gather during one backward pass (cleared by ``step()``)."""
+
+    def __init__(self, k: int, exclude: bool, device: torch.device):
+        self.k, self.exclude = k, exclude
+        self.top = StreamingTopK(max(k, 1), device)
+        self.top.in_order = False  # hooks fire in backward order, not position order
+        self.seen: set[int] = set()
+        self.sq: list[torch.Tensor] = []  # squared norms of the selective gradients (for clipping)
+        self.gsel: dict[int, torch.Tensor] = {}  # tensor -> its gradient at the entries selected before this step

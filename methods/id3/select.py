@@ -80,12 +80,17 @@ def chunk_top(scores: torch.Tensor, k: int, floor: Optional[float], bool_buf: to
 
 
 class StreamingTopK:
-    """Running global top-k over chunks (in increasing position order unless ``in_order`` is False); memory O(k)."""
+    """Running global top-k over chunks (in increasing position order unless ``in_order`` is False); memory O(k).
+
+    An offer may carry a ``payload`` (one value per entry, e.g. the gradient there): it follows its entry through
+    every cut, so the winners' payloads are at hand without reading the source again.
+    """
 
     def __init__(self, k: int, device: torch.device):
         self.k = k
         self.vals: Optional[torch.Tensor] = None
         self.pos = torch.empty(0, dtype=torch.long, device=device)
+        self.payload: Optional[torch.Tensor] = None
         #: False when chunks come in any order: every offer then re-sorts the (at most 2k) kept entries by position
         self.in_order = True
 
@@ -95,17 +100,25 @@ class StreamingTopK:
             return None
         return float(self.vals.min())
 
-    def offer(self, vals: torch.Tensor, pos: torch.Tensor) -> None:
+    def offer(self, vals: torch.Tensor, pos: torch.Tensor, payload: Optional[torch.Tensor] = None) -> None:
         if pos.numel() == 0:
             return
+        if self.vals is not None and (payload is None) != (self.payload is None):
+            raise ValueError("StreamingTopK: every offer carries a payload, or none does")
         if self.vals is None:
-            self.vals, self.pos = vals, pos
+            self.vals, self.pos, self.payload = vals, pos, payload
         else:  # in order: pos is larger than every kept position, so concatenation stays in position order
             self.vals = torch.cat([self.vals, vals])
             self.pos = torch.cat([self.pos, pos])
+            if payload is not None:
+                self.payload = torch.cat([self.payload, payload])
             if not self.in_order:
                 by_pos = torch.argsort(self.pos)
                 self.vals, self.pos = self.vals[by_pos], self.pos[by_pos]
+                if payload is not None:
+                    self.payload = self.payload[by_pos]
         if self.pos.numel() > self.k:
             keep = det_topk(self.vals, self.k)
             self.vals, self.pos = self.vals[keep], self.pos[keep]
+            if self.payload is not None:
+                self.payload = self.payload[keep]
