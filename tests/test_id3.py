@@ -546,15 +546,18 @@ def _bert_pair_run(in_backward, schedule, exp, clip, steps=6):
     return model, opt
 
 
-@pytest.mark.parametrize("schedule,exp,clip", [
-    ("incremental", 0.0, 0.0), ("incremental", 1.0, 0.05), ("incremental", 0.0, 0.05),
-    ("static", 0.0, 0.05), ("dynamic", 0.0, 0.0), ("dynamic", 1.0, 0.05),
+@pytest.mark.parametrize("schedule,exp,clip,small", [
+    ("incremental", 0.0, 0.0, 64), ("incremental", 1.0, 0.05, 64), ("incremental", 0.0, 0.05, 4096),
+    ("static", 0.0, 0.05, 64), ("dynamic", 0.0, 0.0, 64), ("dynamic", 1.0, 0.05, 4096), ("incremental", 1.0, 0.0, 0),
 ])
-def test_in_backward_selects_and_trains_as_the_step_mode(monkeypatch, schedule, exp, clip):
-    """Selection during backward (several chunks per tensor, bound skipping on) = selection in step(); the weights
-    agree exactly without clipping, and to float rounding of the global norm with it (clip 0.05 always bites)."""
+def test_in_backward_selects_and_trains_as_the_step_mode(monkeypatch, schedule, exp, clip, small):
+    """Selection during backward (several chunks per tensor, bound skipping on; small tensors staged and scored in
+    batches, several flushes) = selection in step(); the weights agree exactly without clipping, and to float
+    rounding of the global norm with it (clip 0.05 always bites)."""
     monkeypatch.setattr(id3_optimizer, "CHUNK", 500)
     monkeypatch.setattr(id3_select, "SAMPLE", 16)
+    monkeypatch.setattr(id3_optimizer, "STAGE_SMALL", small)
+    monkeypatch.setattr(id3_optimizer, "STAGE_FLUSH", 700)
     a, oa = _bert_pair_run(False, schedule, exp, clip)
     b, ob = _bert_pair_run(True, schedule, exp, clip)
     for p, q in zip(oa.selective_params, ob.selective_params):
@@ -567,12 +570,15 @@ def test_in_backward_selects_and_trains_as_the_step_mode(monkeypatch, schedule, 
         assert float(ob.last_grad_norm) > clip
 
 
-@pytest.mark.parametrize("order_seed", [0, 1, 2])
-def test_in_backward_ties_in_any_hook_order_match_brute_force(monkeypatch, order_seed):
+@pytest.mark.parametrize("order_seed,small,flush", [(0, 0, 1), (1, 100, 150), (2, 4096, 1 << 16), (3, 100, 1 << 16)])
+def test_in_backward_ties_in_any_hook_order_match_brute_force(monkeypatch, order_seed, small, flush):
     """Gradients arrive in backward order, not position order; with heavy ties (also at the k-th score, across
-    tensors and chunks) the selection is still the global top-k by (score, position)."""
+    tensors, chunks and staged batches of small tensors) the selection is still the global top-k by (score,
+    position)."""
     monkeypatch.setattr(id3_optimizer, "CHUNK", 64)
     monkeypatch.setattr(id3_select, "SAMPLE", 8)
+    monkeypatch.setattr(id3_optimizer, "STAGE_SMALL", small)
+    monkeypatch.setattr(id3_optimizer, "STAGE_FLUSH", flush)
     g = torch.Generator().manual_seed(3)
     sizes = (300, 5, 129, 64, 90)
     grads = [torch.randint(-3, 4, (n,), generator=g).float() * sc for n, sc in zip(sizes, (1, 1, 0.5, 1, 0.01))]

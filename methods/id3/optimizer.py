@@ -44,6 +44,9 @@ from torch.optim import Optimizer
 from .select import CHUNK, MASKED, StreamingTopK, chunk_top
 
 SCHEDULES = ("incremental", "static", "dynamic")
+#: in_backward: tensors of at most this many entries are staged and scored together, STAGE_FLUSH entries at a time
+STAGE_SMALL = 1 << 12
+STAGE_FLUSH = 1 << 16
 
 
 class ID3Optimizer(Optimizer):
@@ -126,6 +129,7 @@ class ID3Optimizer(Optimizer):
         self.max_grad_norm = float(max_grad_norm)
         self.last_grad_norm: Optional[torch.Tensor] = None  # in_backward: the global norm before clipping
         self._bw: Optional[_BackwardStep] = None
+        self._positions: dict[int, torch.Tensor] = {}  # small tensors: their global positions (for staged scoring)
         self._hooks = []
         if self.in_backward:
             for i, p in enumerate(self.selective_params):
@@ -342,7 +346,7 @@ class ID3Optimizer(Optimizer):
                 floor = float(torch.nextafter(torch.tensor(floor, dtype=scores.dtype),
                                               torch.tensor(-math.inf, dtype=scores.dtype)))
             loc, vals = chunk_top(scores, min(k, selectable), floor, bool_buf)
-            top.offer(vals.to(top.pos.device), loc.to(top.pos.device) + start)
+            top.offer(vals.to(top.device), loc.to(top.device) + start)
         pos = top.pos  # ascending global positions
         out = []
         bounds = torch.tensor(self._offsets, device=pos.device)
@@ -451,7 +455,13 @@ class ID3Optimizer(Optimizer):
         if self.max_grad_norm > 0:
             bw.sq.append(torch.linalg.vector_norm(flat, dtype=torch.float32).square())
         if bw.k > 0:
-            self._offer_tensor(i, flat, bw)
+            if flat.numel() <= STAGE_SMALL:  # small tensors (biases, norms) are scored together, a batch at a time
+                bw.staged.append((i, flat.clone()))
+                bw.staged_n += flat.numel()
+                if bw.staged_n >= STAGE_FLUSH:
+                    self._flush_staged(bw)
+            else:
+                self._offer_tensor(i, flat, bw)
         st = self.state.get(p)
         if bw.exclude and st and "idx" in st and st["idx"].numel():
             bw.gsel[i] = flat.index_select(0, st["idx"])
@@ -491,9 +501,52 @@ class ID3Optimizer(Optimizer):
             if floor is not None:  # offers come in any order: keep ties with the floor (position decides later)
                 floor = float(torch.nextafter(torch.tensor(floor, dtype=scores.dtype),
                                               torch.tensor(-math.inf, dtype=scores.dtype)))
-            loc, vals = chunk_top(scores, min(bw.k, selectable), floor, bool_buf)
-            top.offer(vals.to(top.pos.device), loc.to(top.pos.device) + (off + s),
-                      payload=flat[s:e].index_select(0, loc).to(top.pos.device))
+            loc, vals = chunk_top(scores, min(bw.k, selectable), floor, bool_buf, exact=False)
+            top.offer(vals.to(top.device), loc.to(top.device) + (off + s),
+                      payload=flat[s:e].index_select(0, loc).to(top.device))
+
+    def _flush_staged(self, bw: "_BackwardStep") -> None:
+        """Offer the staged small tensors' best selectable entries as one batch (a few ops instead of ~10 each)."""
+        if not bw.staged:
+            return
+        # in tensor order, so the batch is in position order: chunk_top breaks ties by place in the batch
+        staged, bw.staged, bw.staged_n = sorted(bw.staged, key=lambda t: t[0]), [], 0
+        params, top = self.selective_params, bw.top
+        g = torch.cat([f for _, f in staged])
+        scores = torch.empty_like(g)
+        pos, masked, at = [], [], 0
+        for i, f in staged:
+            n = f.numel()
+            if self.score_exp != 0.0:
+                self._score(params[i], 0, n, scores[at : at + n], g=f)
+            ar = self._positions.get(i)
+            if ar is None:
+                ar = self._positions[i] = torch.arange(n, device=g.device) + self._offsets[i]
+            pos.append(ar)
+            if bw.exclude and params[i] in self.state:
+                chosen = self.state[params[i]].get("idx")
+                if chosen is not None and chosen.numel():
+                    masked.append(chosen + at)
+            at += n
+        if self.score_exp == 0.0:
+            torch.abs(g, out=scores)
+        n_masked = 0
+        if masked:
+            local = torch.cat(masked)
+            n_masked = local.numel()
+            scores.index_fill_(0, local, MASKED)
+        selectable = g.numel() - n_masked
+        if selectable <= 0:
+            return
+        floor = top.floor
+        if floor is not None:  # any order: keep ties with the floor (position decides later)
+            floor = float(torch.nextafter(torch.tensor(floor, dtype=scores.dtype),
+                                          torch.tensor(-math.inf, dtype=scores.dtype)))
+        bool_buf = torch.empty(g.numel(), dtype=torch.bool, device=g.device)
+        loc, vals = chunk_top(scores, min(bw.k, selectable), floor, bool_buf)
+        allpos = torch.cat(pos)
+        top.offer(vals.to(top.device), allpos.index_select(0, loc).to(top.device),
+                  payload=g.index_select(0, loc).to(top.device))
 
     @torch.no_grad()
     def _step_in_backward(self) -> None:
@@ -504,6 +557,7 @@ class ID3Optimizer(Optimizer):
             k, exclude = self._selection_plan()
             bw = _BackwardStep(k, exclude, params[0].device)
         if bw.k > 0:  # tensors no gradient reached score 0 everywhere, as in the standard mode
+            self._flush_staged(bw)
             for i, p in enumerate(params):
                 if i not in bw.seen:
                     self._offer_tensor(i, torch.zeros(p.numel(), dtype=p.dtype, device=p.device), bw)
@@ -656,8 +710,11 @@ class _BackwardStep:
 
     def __init__(self, k: int, exclude: bool, device: torch.device):
         self.k, self.exclude = k, exclude
-        self.top = StreamingTopK(max(k, 1), device)
+        # one offer per tensor (a hundred or more): cut only when 4k entries pile up
+        self.top = StreamingTopK(max(k, 1), device, slack=4 * max(k, 1) + 1024)
         self.top.in_order = False  # hooks fire in backward order, not position order
         self.seen: set[int] = set()
+        self.staged: list[tuple[int, torch.Tensor]] = []  # (tensor, copy of its gradient): small tensors, batched
+        self.staged_n = 0
         self.sq: list[torch.Tensor] = []  # squared norms of the selective gradients (for clipping)
         self.gsel: dict[int, torch.Tensor] = {}  # tensor -> its gradient at the entries selected before this step

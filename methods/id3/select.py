@@ -44,8 +44,11 @@ def det_topk(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([above, tied]).sort().values
 
 
-def chunk_top(scores: torch.Tensor, k: int, floor: Optional[float], bool_buf: torch.Tensor):
+def chunk_top(scores: torch.Tensor, k: int, floor: Optional[float], bool_buf: torch.Tensor, exact: bool = True):
     """The chunk's k best entries (local indices ascending, their scores), dropping any score <= ``floor``.
+
+    ``exact=False`` may return more than k entries (every entry above a threshold that at least k entries pass, so
+    still a superset of the k best), leaving the final cut to the caller's running top-k.
 
     ``floor`` is the k-th best score among earlier chunks (None while fewer than k were found): an entry of this chunk
     equal to it comes later in the order and loses the tie, so only entries strictly above it can matter.
@@ -66,7 +69,7 @@ def chunk_top(scores: torch.Tensor, k: int, floor: Optional[float], bool_buf: to
         count = loc.numel()
         if count >= k or thr == floor:
             vals = scores.index_select(0, loc)
-            if count > k:
+            if count > k and exact:
                 keep = det_topk(vals, k)
                 loc, vals = loc[keep], vals[keep]
             return loc, vals
@@ -84,41 +87,84 @@ class StreamingTopK:
 
     An offer may carry a ``payload`` (one value per entry, e.g. the gradient there): it follows its entry through
     every cut, so the winners' payloads are at hand without reading the source again.
+
+    ``slack``: offers pile up until ``slack`` entries are held, then one cut keeps the best k (default k:
+    cut at every offer). A larger slack means fewer cuts when many small offers come (e.g. one per tensor); the
+    ``floor`` then lags behind (it is the k-th best at the last cut), which only makes it a looser bound.
     """
 
-    def __init__(self, k: int, device: torch.device):
+    def __init__(self, k: int, device: torch.device, slack: Optional[int] = None):
         self.k = k
-        self.vals: Optional[torch.Tensor] = None
-        self.pos = torch.empty(0, dtype=torch.long, device=device)
-        self.payload: Optional[torch.Tensor] = None
-        #: False when chunks come in any order: every offer then re-sorts the (at most 2k) kept entries by position
+        self.device = torch.device(device)
+        self.slack = max(k, slack or k)
+        #: False when chunks come in any order: every cut then first sorts the held entries by position
         self.in_order = True
+        self._vals: list[torch.Tensor] = []
+        self._pos: list[torch.Tensor] = []
+        self._payload: list[torch.Tensor] = []
+        self._held = 0
+        self._sorted = True
+        self._floor: Optional[float] = None
 
     @property
     def floor(self) -> Optional[float]:
-        if self.vals is None or self.vals.numel() < self.k:
-            return None
-        return float(self.vals.min())
+        """The k-th best score at the last cut (None before k entries were ever held at a cut)."""
+        return self._floor
 
     def offer(self, vals: torch.Tensor, pos: torch.Tensor, payload: Optional[torch.Tensor] = None) -> None:
         if pos.numel() == 0:
             return
-        if self.vals is not None and (payload is None) != (self.payload is None):
+        if self._vals and (payload is None) != (not self._payload):
             raise ValueError("StreamingTopK: every offer carries a payload, or none does")
-        if self.vals is None:
-            self.vals, self.pos, self.payload = vals, pos, payload
-        else:  # in order: pos is larger than every kept position, so concatenation stays in position order
-            self.vals = torch.cat([self.vals, vals])
-            self.pos = torch.cat([self.pos, pos])
-            if payload is not None:
-                self.payload = torch.cat([self.payload, payload])
-            if not self.in_order:
-                by_pos = torch.argsort(self.pos)
-                self.vals, self.pos = self.vals[by_pos], self.pos[by_pos]
-                if payload is not None:
-                    self.payload = self.payload[by_pos]
-        if self.pos.numel() > self.k:
-            keep = det_topk(self.vals, self.k)
-            self.vals, self.pos = self.vals[keep], self.pos[keep]
-            if self.payload is not None:
-                self.payload = self.payload[keep]
+        self._vals.append(vals)
+        self._pos.append(pos)
+        if payload is not None:
+            self._payload.append(payload)
+        self._held += pos.numel()
+        self._sorted = self.in_order  # out of order: the held entries are sorted by position at the next cut
+        if self._held >= self.slack:
+            self._cut()
+
+    def _cut(self) -> None:
+        if not self._pos:
+            return
+        if len(self._pos) > 1:  # in order: every offer's positions exceed the held ones, concatenation stays sorted
+            vals, pos = torch.cat(self._vals), torch.cat(self._pos)
+            payload = torch.cat(self._payload) if self._payload else None
+        else:
+            vals, pos = self._vals[0], self._pos[0]
+            payload = self._payload[0] if self._payload else None
+        if not self.in_order and not self._sorted:
+            by_pos = torch.argsort(pos)
+            vals, pos = vals[by_pos], pos[by_pos]
+            payload = payload[by_pos] if payload is not None else None
+        if pos.numel() > self.k:
+            keep = det_topk(vals, self.k)
+            vals, pos = vals[keep], pos[keep]
+            payload = payload[keep] if payload is not None else None
+        self._vals, self._pos = [vals], [pos]
+        self._payload = [payload] if payload is not None else []
+        self._held = pos.numel()
+        self._sorted = True
+        if pos.numel() >= self.k:
+            self._floor = float(vals.min())
+
+    def _final(self) -> None:
+        if len(self._pos) > 1 or self._held > self.k or not self._sorted:
+            self._cut()
+
+    @property
+    def pos(self) -> torch.Tensor:
+        """Positions of the best k (ascending)."""
+        self._final()
+        return self._pos[0] if self._pos else torch.empty(0, dtype=torch.long, device=self.device)
+
+    @property
+    def vals(self) -> Optional[torch.Tensor]:
+        self._final()
+        return self._vals[0] if self._vals else None
+
+    @property
+    def payload(self) -> Optional[torch.Tensor]:
+        self._final()
+        return self._payload[0] if self._payload else None
