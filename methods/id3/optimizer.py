@@ -41,7 +41,7 @@ from typing import Iterable, Optional
 import torch
 from torch.optim import Optimizer
 
-from .select import CHUNK, MASKED, StreamingTopK, chunk_top
+from .select import CHUNK, MASKED, StreamingTopK, chunk_top, just_below
 
 SCHEDULES = ("incremental", "static", "dynamic")
 #: in_backward: tensors of at most this many entries are staged and scored together, STAGE_FLUSH entries at a time
@@ -274,6 +274,14 @@ class ID3Optimizer(Optimizer):
         torch.div(gs, out, out=out)
         return out.abs_()
 
+    def _skips_by_bound(self, device: torch.device) -> bool:
+        """Skip chunks by their largest |g| (exp = 0 only). Auto: a win where scoring is bandwidth-bound (CPU);
+        on a GPU the extra launches cost more."""
+        skip = self.skip_by_bound
+        if skip is None:
+            skip = device.type == "cpu"
+        return bool(skip) and self.score_exp == 0.0
+
     def _chunk_bounds(self, chunks) -> list[float]:
         """Per chunk, max |g| over its entries (with exp = 0, an upper bound of its scores; NaN if a gradient holds
         NaN). One read pass (aminmax), no write, one device-to-host transfer."""
@@ -309,10 +317,7 @@ class ID3Optimizer(Optimizer):
         top = StreamingTopK(k, params[0].device)
         order = list(range(len(chunks)))
         bounds = None
-        skip = self.skip_by_bound
-        if skip is None:  # auto: a win where scoring is bandwidth-bound (CPU); on a GPU the extra launches cost more
-            skip = params[0].device.type == "cpu"
-        if skip and self.score_exp == 0.0 and len(chunks) > 1:
+        if self._skips_by_bound(params[0].device) and len(chunks) > 1:
             bounds = self._chunk_bounds(chunks)
             order.sort(key=lambda c: (-math.inf if bounds[c] != bounds[c] else -bounds[c], c))
             top.in_order = False
@@ -342,9 +347,8 @@ class ID3Optimizer(Optimizer):
                 self._score(params[i], s, e, scores[at : at + e - s])
             for local in masked:
                 scores.index_fill_(0, local, MASKED)
-            if floor is not None and bounds is not None:  # out of position order: keep ties with the floor
-                floor = float(torch.nextafter(torch.tensor(floor, dtype=scores.dtype),
-                                              torch.tensor(-math.inf, dtype=scores.dtype)))
+            if bounds is not None:  # out of position order: keep ties with the floor
+                floor = just_below(floor, scores.dtype)
             loc, vals = chunk_top(scores, min(k, selectable), floor, bool_buf)
             top.offer(vals.to(top.device), loc.to(top.device) + start)
         pos = top.pos  # ascending global positions
@@ -476,16 +480,13 @@ class ID3Optimizer(Optimizer):
             chosen = self.state[p].get("idx")
             if chosen is not None and chosen.numel() == 0:
                 chosen = None
-        skip = self.skip_by_bound
-        if skip is None:
-            skip = p.device.type == "cpu"
-        skip = skip and self.score_exp == 0.0
+        skip = self._skips_by_bound(p.device)
         for s in range(0, n, CHUNK):
             e = min(n, s + CHUNK)
             floor = top.floor
             if skip and floor is not None:
                 lo, hi = torch.aminmax(flat[s:e])
-                if max(float(hi), -float(lo)) < floor:  # a NaN bound compares False: never skipped
+                if float(torch.maximum(hi, -lo)) < floor:  # a NaN bound compares False: never skipped
                     continue
             local = None
             if chosen is not None:
@@ -498,9 +499,7 @@ class ID3Optimizer(Optimizer):
             self._score(p, s, e, scores, g=flat)
             if local is not None and local.numel():
                 scores.index_fill_(0, local, MASKED)
-            if floor is not None:  # offers come in any order: keep ties with the floor (position decides later)
-                floor = float(torch.nextafter(torch.tensor(floor, dtype=scores.dtype),
-                                              torch.tensor(-math.inf, dtype=scores.dtype)))
+            floor = just_below(floor, scores.dtype)  # offers come in any order: position decides ties later
             loc, vals = chunk_top(scores, min(bw.k, selectable), floor, bool_buf, exact=False)
             top.offer(vals.to(top.device), loc.to(top.device) + (off + s),
                       payload=flat[s:e].index_select(0, loc).to(top.device))
@@ -538,10 +537,7 @@ class ID3Optimizer(Optimizer):
         selectable = g.numel() - n_masked
         if selectable <= 0:
             return
-        floor = top.floor
-        if floor is not None:  # any order: keep ties with the floor (position decides later)
-            floor = float(torch.nextafter(torch.tensor(floor, dtype=scores.dtype),
-                                          torch.tensor(-math.inf, dtype=scores.dtype)))
+        floor = just_below(top.floor, scores.dtype)  # any order: position decides ties later
         bool_buf = torch.empty(g.numel(), dtype=torch.bool, device=g.device)
         loc, vals = chunk_top(scores, min(bw.k, selectable), floor, bool_buf)
         allpos = torch.cat(pos)
@@ -617,10 +613,7 @@ class ID3Optimizer(Optimizer):
         flats, idxs, ws, gs, ms, vs = [], [], [], [], [], []
         for p in group["params"]:
             st = self.state.get(p)
-            if gathered is not None:
-                g = gathered.get(p)
-            else:
-                g = None if p.grad is None else p.grad
+            g = gathered.get(p) if gathered is not None else p.grad
             if not st or "idx" not in st or st["idx"].numel() == 0 or g is None:
                 continue
             idx = st["idx"]

@@ -12,6 +12,7 @@ the few survivors. The sample affects speed only, never the result.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -80,6 +81,14 @@ def chunk_top(scores: torch.Tensor, k: int, floor: Optional[float], bool_buf: to
         keep = vals > floor
         loc, vals = loc[keep], vals[keep]
     return loc, vals
+
+
+def just_below(floor: Optional[float], dtype: torch.dtype) -> Optional[float]:
+    """The largest ``dtype`` value below ``floor``: as a ``chunk_top`` floor it keeps the entries tied with ``floor``
+    (needed when offers come out of position order, so a tie may still win on position)."""
+    if floor is None:
+        return None
+    return float(torch.nextafter(torch.tensor(floor, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)))
 
 
 class StreamingTopK:
@@ -158,11 +167,6 @@ class StreamingTopK:
         """Positions of the best k (ascending)."""
         self._final()
         return self._pos[0] if self._pos else torch.empty(0, dtype=torch.long, device=self.device)
-
-    @property
-    def vals(self) -> Optional[torch.Tensor]:
-        self._final()
-        return self._vals[0] if self._vals else None
 
     @property
     def payload(self) -> Optional[torch.Tensor]:
