@@ -104,7 +104,83 @@ def carve(ds, group_field: Optional[str], eval_fraction: float, seed: int):
     return ds.select(train_idx), ds.select(eval_idx), info
 
 
-def load_task_data(cfg: Any, required_columns: list[str]) -> TaskData:
+DEV_ALIAS = "dev"  # evaluation alias of the dev split carved from train (metric keys end in _dev)
+
+
+def dev_size(spec: Any, n_rows: int, task_name: str) -> int:
+    """data.dev_from_train as a row count: a fraction in (0, 1) of train, or a count (int >= 1)."""
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
+        raise BenchError(f"data.dev_from_train must be a fraction in (0, 1) or a row count (got {spec!r}); "
+                         "e.g. data.dev_from_train=0.1 or data.dev_from_train=500")
+    if 0 < spec < 1:
+        n = int(round(float(spec) * n_rows))
+    elif float(spec).is_integer() and spec >= 1:
+        n = int(spec)
+    else:
+        raise BenchError(f"data.dev_from_train must be a fraction in (0, 1) or a whole count >= 1 (got {spec}); "
+                         "0 or null turns the dev split off")
+    if n < 1 or n >= n_rows:
+        raise BenchError(
+            f"data.dev_from_train={spec} asks for {n} dev rows but task {task_name!r} has {n_rows} training rows; "
+            f"choose fewer than {n_rows} (e.g. data.dev_from_train={max(1, n_rows // 10)} or a fraction like 0.1)"
+        )
+    return n
+
+
+def carve_dev(ds, n_dev: int, seed: int, stratify_field: Optional[str] = None, group_field: Optional[str] = None):
+    """Rows of a dev split taken out of train: (train_rest, dev, info).
+
+    Seeded by `seed` alone (not the training seed), so every method, seed and learning rate sees the same
+    rows. Disjoint by group_field when given (whole groups go to one side, drawn in seeded order until
+    n_dev rows are reached); otherwise stratified by stratify_field (each class gets its share of n_dev,
+    largest remainders first), or a plain seeded draw.
+    """
+    import hashlib
+
+    rng = np.random.default_rng(seed)
+    n = len(ds)
+    if group_field:
+        keys = np.asarray(ds[group_field])
+        groups, inverse = np.unique(keys, return_inverse=True)
+        sizes = np.bincount(inverse)
+        order = rng.permutation(len(groups))
+        take = order[: int(np.searchsorted(np.cumsum(sizes[order]), n_dev) + 1)]
+        is_dev = np.isin(inverse, take)
+        method = f"groups of {group_field!r}"
+    elif stratify_field:
+        labels = np.asarray(ds[stratify_field])
+        classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        share = counts / n * n_dev
+        alloc = np.floor(share).astype(int)
+        for c in np.argsort(-(share - alloc), kind="stable")[: n_dev - int(alloc.sum())]:
+            alloc[c] += 1
+        is_dev = np.zeros(n, dtype=bool)
+        for c, k in enumerate(alloc):
+            rows = np.flatnonzero(inverse == c)
+            is_dev[rng.permutation(rows)[:k]] = True
+        method = f"stratified by {stratify_field!r}"
+    else:
+        is_dev = np.zeros(n, dtype=bool)
+        is_dev[rng.permutation(n)[:n_dev]] = True
+        method = "random rows"
+    dev_idx = np.flatnonzero(is_dev)
+    train_idx = np.flatnonzero(~is_dev)
+    info = {
+        "from": "train",
+        "size": int(len(dev_idx)),
+        "train_rows_left": int(len(train_idx)),
+        "seed": int(seed),
+        "how": method,
+        # row numbers within the training split as loaded: the same fingerprint means the same dev rows
+        "fingerprint": hashlib.sha256(dev_idx.astype(np.int64).tobytes()).hexdigest()[:16],
+    }
+    if stratify_field and not group_field:
+        vals, cnt = np.unique(np.asarray(ds[stratify_field])[dev_idx], return_counts=True)
+        info["class_counts"] = {str(v): int(c) for v, c in zip(vals.tolist(), cnt.tolist())}
+    return ds.select(train_idx.tolist()), ds.select(dev_idx.tolist()), info
+
+
+def load_task_data(cfg: Any, required_columns: list[str], stratify_field: Optional[str] = None) -> TaskData:
     """Train + eval splits of cfg.task, subsampled / carved as cfg.data says; every choice lands in info."""
     task, dcfg = cfg.task, cfg.data
     data_dir = cfg.get("data_dir")
@@ -146,12 +222,27 @@ def load_task_data(cfg: Any, required_columns: list[str]) -> TaskData:
         info["sources"][f"eval:{alias}"] = source
 
     seed = int(dcfg.subsample_seed)
+    if DEV_ALIAS in eval_splits:
+        raise BenchError(f"task {task.name!r} already names an evaluation split {DEV_ALIAS!r}; rename that alias")
+    dev_spec = dcfg.get("dev_from_train")
+    dev = None
+    if dev_spec not in (None, 0):
+        # carved before train is subsampled, so the dev rows do not depend on data.max_train_samples
+        dev_seed = dcfg.get("dev_seed")
+        dev_seed = seed if dev_seed is None else int(dev_seed)
+        n_dev = dev_size(dev_spec, len(train), task.name)
+        train, dev, info["dev"] = carve_dev(train, n_dev, dev_seed, stratify_field, task.get("group_field"))
+        info["dev"]["spec"] = dev_spec
     info["train_size_full"] = len(train)
     train = subsample(train, dcfg.get("max_train_samples"), seed)
     info["train_size"] = len(train)
     info["eval_sizes_full"] = {a: len(d) for a, d in evals.items()}
     evals = {a: subsample(d, dcfg.get("max_eval_samples"), seed) for a, d in evals.items()}
     info["eval_sizes"] = {a: len(d) for a, d in evals.items()}
+    info["reported_splits"] = list(evals)
+    if dev is not None:  # the dev split is scored at every evaluation, beside the reported split(s)
+        evals = {DEV_ALIAS: dev, **evals}
+        info["eval_sizes"] = {DEV_ALIAS: len(dev), **info["eval_sizes"]}
     info["max_train_samples"] = dcfg.get("max_train_samples")
     info["max_eval_samples"] = dcfg.get("max_eval_samples")
     info["subsample_seed"] = seed

@@ -97,3 +97,49 @@ def head_modules(model: nn.Module) -> list[str]:
         if any(True for _ in child.parameters()):
             heads.append(name)
     return heads
+
+
+class MaskedMeanPooler(nn.Module):
+    """Stands in for a BERT-style pooler: the mean of the last hidden states over the non-padding tokens.
+
+    Parameter-free, so every method sees the same head (the task's classifier on this mean) and no
+    frozen, untuned dense + tanh sits between the backbone and the classifier. The attention mask reaches
+    it through a forward pre-hook on the backbone (the pooler itself is called with the hidden states only).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.mask = None
+
+    def forward(self, hidden_states):
+        mask = self.mask
+        if mask is None or mask.shape[:2] != hidden_states.shape[:2]:
+            return hidden_states.mean(dim=1)
+        m = mask.to(hidden_states.dtype).unsqueeze(-1)
+        return (hidden_states * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def set_pooling(model: nn.Module, mode: str) -> nn.Module:
+    """model.pooling: 'cls' keeps the architecture's own head input; 'mean' = masked mean pooling (BERT-style)."""
+    if mode in (None, "cls"):
+        return model
+    if mode != "mean":
+        raise BenchError(f"model.pooling must be cls | mean (got {mode!r})")
+    prefix = getattr(model, "base_model_prefix", "")
+    backbone = getattr(model, prefix, None) if prefix else None
+    if backbone is None or not hasattr(backbone, "pooler") or backbone.pooler is None:
+        raise BenchError(
+            f"model.pooling=mean needs a BERT-style model whose backbone has a pooler (got {type(model).__name__}); "
+            "use model.pooling=cls"
+        )
+    pooler = MaskedMeanPooler()
+    backbone.pooler = pooler
+
+    def keep_mask(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1:
+            mask = args[1]
+        pooler.mask = mask
+
+    backbone.register_forward_pre_hook(keep_mask, with_kwargs=True)
+    return model

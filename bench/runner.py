@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from bench import records
 from bench.cost import CostCallback, memory_figures
-from bench.data import default_cache_dir
+from bench.data import DEV_ALIAS, default_cache_dir
 from bench.errors import BenchError
 from bench.params import count_parameters
 
@@ -58,6 +58,14 @@ def validate_config(cfg: DictConfig) -> None:
         raise BenchError("Invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
+def dev_metric_key(main_key: str, task: Any) -> str:
+    """The dev-split key of the task's main metric: its name without the reported alias, plus _dev."""
+    for alias in sorted(task.eval_splits, key=len, reverse=True):
+        if alias != "default" and main_key.endswith("_" + alias):
+            return f"{main_key[: -len(alias) - 1]}_{DEV_ALIAS}"
+    return f"{main_key}_{DEV_ALIAS}"
+
+
 def optimizer_steps(n_train: int, t: DictConfig) -> int:
     if t.max_steps is not None:
         return int(t.max_steps)
@@ -87,6 +95,13 @@ def resolve_method(cfg: DictConfig):
 def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = False) -> dict:
     """Train and evaluate one configuration; returns the written record."""
     run_start = time.perf_counter()
+    from bench import study
+
+    try:
+        lr_choice = study.resolve(cfg)  # train.lr from the study's grid (before hashing: the record says which)
+    except study.NotChosen as e:
+        print(f"[bench] skip: {e}")
+        return {}
     config = plain(cfg)
     config.pop("hydra", None)
     chash = records.config_hash(config)
@@ -129,6 +144,8 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
         "versions": records.package_versions(),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if lr_choice is not None:
+        record["study"] = lr_choice
     try:
         _train_and_evaluate(cfg, method, family, record, run_start, path.with_suffix(""))
         record["status"] = "ok"
@@ -197,9 +214,10 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
 
     cost = CostCallback(run_start)
     history: list[dict] = []
+    history_preds: list = []  # per-example predictions of each evaluation (kept for the chosen one only)
     callbacks = [cost, *method.callbacks(model, mcfg, ctx)]
     if t.eval_strategy == "epoch":
-        callbacks.append(_EpochEval(family, data, tokenizer, history, cost))
+        callbacks.append(_EpochEval(family, data, tokenizer, history, cost, history_preds))
     train_cfg = plain(t)
     optimizer = method.create_optimizer(model, mcfg, ctx, train_cfg)
     # an optimizer that clips during its own step (ID3 in backward mode) takes train.max_grad_norm itself
@@ -213,15 +231,35 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     final = family.evaluate(model, data, tokenizer, out_dir=artifact_dir)
     eval_s = time.perf_counter() - t0
     n_eval = sum(record["data"].get("eval_sizes", {}).values()) or None
+    final_preds = getattr(family, "last_predictions", None)
     if not history or history[-1]["step"] != trainer.state.global_step:
         history.append({"epoch": trainer.state.epoch, "step": trainer.state.global_step, "metrics": final})
+        history_preds.append(final_preds)
     main_key = cfg.task.main_metric
-    chosen = max(history, key=lambda h: h["metrics"][main_key]) if t.selection == "best" else history[-1]
+    dev_key = dev_metric_key(main_key, cfg.task) if DEV_ALIAS in data.evals else None
+    if dev_key is not None and dev_key not in final:
+        raise BenchError(f"the dev split was scored but its key {dev_key!r} is not among the metrics {sorted(final)}")
+    sel_key = dev_key or main_key
+    best_i = max(range(len(history)), key=lambda i: history[i]["metrics"][sel_key])
+    chosen_i = best_i if t.selection == "best" else len(history) - 1
+    chosen = history[chosen_i]
     record["metrics"] = chosen["metrics"]
     record["metrics_last"] = final
     record["main_metric"] = main_key
     record["main_score"] = chosen["metrics"][main_key]
-    record["selection"] = {"protocol": t.selection, "epoch": chosen["epoch"], "step": chosen["step"]}
+    record["selection"] = {
+        "protocol": t.selection, "epoch": chosen["epoch"], "step": chosen["step"],
+        # which split chose the epoch: dev whenever there is one, never the reported split when there is
+        "chosen_on": ("dev" if dev_key else "reported split (no dev split)") if t.selection == "best" else "last",
+        "metric": sel_key if t.selection == "best" else None,
+        "dev_metric": dev_key,
+        "dev_score": chosen["metrics"][dev_key] if dev_key else None,
+    }
+    if history_preds[chosen_i]:
+        from bench.predictions import encode_splits
+
+        # per-example predictions of the chosen evaluation, every split: paired tests need no rerun
+        record["predictions"] = encode_splits(history_preds[chosen_i])
     record["eval_history"] = history
     record["train"] = {
         **cost_summary,
@@ -241,14 +279,16 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
 class _EpochEval(TrainerCallback):
     """Evaluate after every epoch; the runner picks the last or the best (train.selection)."""
 
-    def __init__(self, family, data, tokenizer, history, cost):
+    def __init__(self, family, data, tokenizer, history, cost, history_preds):
         self.family, self.data, self.tokenizer, self.history, self.cost = family, data, tokenizer, history, cost
+        self.history_preds = history_preds
 
     def on_epoch_end(self, args, state, control, model=None, **kw):
         t0 = time.perf_counter()
         metrics = self.family.evaluate(model, self.data, self.tokenizer)
         self.cost.eval_seconds += time.perf_counter() - t0
         self.history.append({"epoch": state.epoch, "step": state.global_step, "metrics": metrics})
+        self.history_preds.append(getattr(self.family, "last_predictions", None))
 
 
 def _enable_gradient_checkpointing(model) -> None:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from bench import metrics as M
 from bench.data import TaskData
 from bench.errors import BenchError
-from bench.models import build_model
+from bench.models import build_model, set_pooling
 from bench.tasks.base import TaskFamily
 
 
@@ -24,6 +24,13 @@ class GlueFamily(TaskFamily):
 
     def required_columns(self) -> list[str]:
         return list(self.task.text_fields) + [self.task.label_field]
+
+    def load_data(self) -> TaskData:
+        from bench.data import load_task_data
+
+        # a dev split carved from train keeps the class balance of train
+        return load_task_data(self.cfg, self.required_columns(),
+                              stratify_field=None if self.is_regression else self.task.label_field)
 
     def validate(self) -> None:
         t = self.task
@@ -42,6 +49,7 @@ class GlueFamily(TaskFamily):
         if self.is_regression:
             kw["problem_type"] = "regression"
         model = build_model(self.cfg.model, self.task_type, tokenizer, **kw)
+        model = set_pooling(model, self.cfg.model.get("pooling", "cls"))
         if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
         return model
@@ -90,11 +98,13 @@ class GlueFamily(TaskFamily):
         was_training = model.training
         out: dict = {}
         cache = self.__dict__.setdefault("_eval_tokenized", {})
+        self.last_predictions = {}
         for alias, ds in data.evals.items():
             if alias not in cache:
                 cache[alias] = self._tokenize(ds, tokenizer)
             tok = cache[alias]
             preds, labels = self.predict(model, tok, tokenizer)
+            self.last_predictions[alias] = {"pred": preds, "label": labels}
             for name, value in M.compute(list(self.task.metrics), preds, labels).items():
                 out[metric_key(name, alias)] = value
         model.train(was_training)
