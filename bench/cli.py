@@ -83,6 +83,13 @@ def _run_command(argv: list[str]) -> None:
                 return None
             raise
 
+    if any(a in ("-m", "--multirun") for a in argv):
+        from bench.preflight import check_sweep
+
+        try:
+            check_sweep([a for a in argv if a not in ("-m", "--multirun")])
+        except BenchError as e:
+            _fail(str(e))
     sys.argv = ["bench", *argv]
     app()
 

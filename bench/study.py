@@ -44,7 +44,8 @@ def grid_problems(grid: Any, methods: list[str]) -> list[str]:
     if missing:
         out.append(f"study.lr_grid has no learning rates for method(s) {missing}; add e.g. "
                    f"study.lr_grid.{missing[0]}=[1e-4,3e-4,1e-3] (every method needs a grid of the same size)")
-    sizes = {m: len(v) if isinstance(v, (list, tuple)) else None for m, v in grid.items()}
+    # the methods compared (all of them when none are named) need grids of one size
+    sizes = {m: len(v) if isinstance(v, (list, tuple)) else None for m, v in grid.items() if not methods or m in methods}
     bad = [m for m, n in sizes.items() if not n]
     if bad:
         out.append(f"study.lr_grid entries must be non-empty lists of learning rates (not for {bad})")
@@ -110,16 +111,26 @@ def tuned_index(config: dict, results_dir: str | Path) -> tuple[int, dict]:
                  "dev_means": {str(grid[i]): sum(v) / len(v) for i, v in scores.items()}}
 
 
+def apply_method_cfg(cfg: DictConfig) -> None:
+    """Per-method settings of the study (e.g. LoRA-Dash's switch step scaled to the run): part of the hash."""
+    st = cfg.get("study")
+    if st is not None and st.get("method_cfg") and cfg.method.name in st.method_cfg:
+        with open_dict(cfg):
+            cfg.method = OmegaConf.merge(cfg.method, st.method_cfg[cfg.method.name])
+
+
+def grid_config(config: dict, seed: int, index: int) -> dict:
+    """The resolved config (a plain dict, after apply_method_cfg) of one grid entry and seed, as a run hashes it."""
+    return _candidate(config, seed, index, config["study"]["lr_grid"][config["method"]["name"]][index])
+
+
 def resolve(cfg: DictConfig) -> Optional[dict]:
     """Set train.lr from the study's grid (in place). Returns how the lr was chosen, or None without a grid.
 
     Raises BenchError on a bad grid / index, TuningIncomplete, or NotChosen (skip this job).
     """
     st = cfg.get("study")
-    if st is not None and st.get("method_cfg") and cfg.method.name in st.method_cfg:
-        # per-method settings of the study (e.g. LoRA-Dash's switch step scaled to the run), part of the hash
-        with open_dict(cfg):
-            cfg.method = OmegaConf.merge(cfg.method, st.method_cfg[cfg.method.name])
+    apply_method_cfg(cfg)
     if st is None or not st.get("lr_grid"):
         if st is not None and st.get("lr_index") is not None:
             raise BenchError("study.lr_index is set but study.lr_grid is not; give the grid or drop the index")

@@ -557,11 +557,24 @@ def gap_lines(sel: Selection) -> list[str]:
     return out
 
 
+STUDY_ONLY_KEYS = ("reference", "n_boot")  # `bench table` options of a study table, not config keys
+
+
 def main(argv: list[str]) -> None:
     from bench.cli import compose
 
     filters, rest = _explicit(argv)
+    study_opts = [a for a in rest if a.split("=", 1)[0] in STUDY_ONLY_KEYS]
+    rest = [a for a in rest if a not in study_opts]
     cfg = compose(rest)
+    from bench import study_table
+
+    if study_table.is_study(cfg):
+        return _study_main(argv, cfg)
+    if study_opts:
+        print(f"error: {', '.join(study_opts)} apply to study tables only (an experiment with study.lr_grid)",
+              file=sys.stderr)
+        raise SystemExit(2)
     try:
         sel = select(argv, cfg.results_dir)
     except BenchError as e:
@@ -593,6 +606,27 @@ def main(argv: list[str]) -> None:
         print()
         print("\n".join(gaps))
     print(f"\nwrote {out_dir}/{stem}.md, {stem}.tex, {stem}.csv, runs.csv ({len(df)} records read)")
+
+
+def _study_main(argv: list[str], cfg) -> None:
+    import shlex as _shlex
+
+    from bench import study_report, study_table
+
+    n_boot = int(next((a.split("=", 1)[1] for a in argv if a.startswith("n_boot=")), 2000))
+    try:
+        st = study_table.build(argv, cfg.results_dir, n_boot=n_boot)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    out_dir = Path(cfg.get("tables_dir") or REPO_ROOT / "results" / "studies" / st.name)
+    command = "python -m bench table " + " ".join(_shlex.quote(a) for a in argv)
+    if st.runs.empty:
+        print(f"no records of study {st.name!r} under {cfg.results_dir}; run `python -m bench run -m experiment={st.name}`")
+        return
+    paths = study_report.write(st, cfg.results_dir, out_dir, command)
+    print((out_dir / "summary.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
 
 
 # kept for callers of the first version (rows = methods, columns = tasks)

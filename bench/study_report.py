@@ -1,0 +1,354 @@
+"""Render a Study (bench.study_table): Markdown + CSV summary, claims, plots, compressed records.
+
+Written to ``results/studies/<name>/`` (``+tables_dir=`` to change):
+summary.md, summary.csv (one line per task x method), lr_choice.csv (every grid entry's dev mean),
+pairs.csv (every pairwise test), score_vs_params.png, score_vs_step_time.png, records.jsonl.gz.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from bench import stats
+from bench.study_table import Study, iter_records, ranks, reported_runs, vs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLAIMS = REPO_ROOT / "results" / "paper" / "study_claims.yaml"
+TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "rte": "RTE", "qnli": "QNLI", "mrpc": "MRPC", "stsb": "STS-B",
+               "qqp": "QQP", "mnli": "MNLI"}
+METRIC_LABELS = {"accuracy": "acc", "matthews": "MCC", "pearson": "Pearson", "spearman": "Spearman", "f1": "F1"}
+
+
+def _n(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _lr(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
+def _params(x) -> str:
+    if _n(x):
+        return "?"
+    if isinstance(x, list):
+        return f"{x[0]:,}–{x[-1]:,}"
+    return f"{int(x):,}"
+
+
+def cell_text(st: Study, task: str, method: str, rank_of: dict) -> str:
+    c = st.cells[(st.cells["task"] == task) & (st.cells["method"] == method)]
+    if c.empty or not bool(c.iloc[0]["tuning_complete"]):
+        return "tuning incomplete"
+    c = c.iloc[0]
+    s = f"{c['mean']:.2f}"
+    if not _n(c["std"]):
+        s += f" ± {c['std']:.2f} [{c['ci_low']:.1f}, {c['ci_high']:.1f}]"
+    if int(c["n"]) < len(st.seeds):
+        s += f" (n={int(c['n'])})"
+    if method == st.reference:
+        s += " ref"
+    else:
+        t = vs(st, method, st.reference, task)
+        s += (" ▲" if t["diff"] > 0 else " ▼") if t and t["significant"] else (" ≈" if t else " ?")
+    s += f" · lr {_lr(c['lr'])} · #{rank_of.get((task, method), '-')}"
+    return s
+
+
+def majority(st: Study, task: str) -> Optional[float]:
+    r = st.runs[st.runs["task"] == task] if not st.runs.empty else st.runs
+    r = r[r["label"].notna()] if len(r) else r
+    if r.empty:
+        return None
+    import numpy as np
+
+    from bench import metrics as M
+
+    y = r.iloc[0]["label"]
+    vals, counts = np.unique(y, return_counts=True)
+    pred = np.full_like(y, vals[counts.argmax()])
+    return M.compute([st.task_info[task]["metric"]], pred, y)[st.task_info[task]["metric"]] * 100
+
+
+def main_table(st: Study) -> pd.DataFrame:
+    rank_of = ranks(st)
+    lines = []
+    for m in st.methods:
+        line = {"method": m}
+        c = st.cells[st.cells["method"] == m]
+        first = c[c["tuning_complete"]].iloc[0] if (not c.empty and c["tuning_complete"].any()) else None
+        line["trainable"] = _params(first["trainable"]) if first is not None else "?"
+        for t in st.tasks:
+            info = st.task_info[t]
+            line[f"{TASK_LABELS.get(t, t)} {METRIC_LABELS.get(info['metric'], info['metric'])}"] = cell_text(st, t, m, rank_of)
+        means = [c[c["task"] == t].iloc[0]["mean"] for t in st.tasks
+                 if not c[c["task"] == t].empty and bool(c[c["task"] == t].iloc[0]["tuning_complete"])]
+        line["avg"] = f"{sum(means) / len(means):.2f}" if len(means) == len(st.tasks) and means else "-"
+        rks = [rank_of[(t, m)] for t in st.tasks if (t, m) in rank_of]
+        line["mean rank"] = f"{sum(rks) / len(rks):.2f}" if len(rks) == len(st.tasks) and rks else "-"
+        line["step ms"] = f"{first['step_time_ms']:.0f}" if first is not None and not _n(first["step_time_ms"]) else "-"
+        steps = c["step_time_ms"].dropna() if "step_time_ms" in c else []
+        if len(steps):
+            line["step ms"] = f"{float(pd.Series(steps).median()):.0f}"
+        mem = c["peak_rss_mb"].dropna() if "peak_rss_mb" in c else []
+        line["peak RSS MB"] = f"{float(pd.Series(mem).max()):.0f}" if len(mem) else "-"
+        lines.append(line)
+    base = {"method": "majority class", "trainable": "0"}
+    for t in st.tasks:
+        info = st.task_info[t]
+        v = majority(st, t)
+        base[f"{TASK_LABELS.get(t, t)} {METRIC_LABELS.get(info['metric'], info['metric'])}"] = "-" if v is None else f"{v:.2f}"
+    lines.append(base)
+    return pd.DataFrame(lines).fillna("-")
+
+
+def lr_table(st: Study) -> pd.DataFrame:
+    lines = []
+    for _, c in st.cells.iterrows():
+        line = {"task": c["task"], "method": c["method"]}
+        for i, lr in enumerate(st.grid[c["method"]]):
+            v = (c["dev_means"] or {}).get(lr)
+            mark = " *" if c.get("tuning_complete") and c.get("lr_index") == i else ""
+            line[f"lr{i}"] = f"{_lr(lr)}: {v:.2f}{mark}" if v is not None else f"{_lr(lr)}: -"
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def claims(st: Study, path: Path = CLAIMS) -> list[dict]:
+    import yaml
+
+    if not path.is_file():
+        return []
+    out = []
+    for cl in yaml.safe_load(path.read_text()).get("claims", []):
+        if cl["a"] not in st.methods or cl["b"] not in st.methods:
+            continue
+        per_task = {}
+        for t in st.tasks:
+            v = vs(st, cl["a"], cl["b"], t)
+            if not v or _n(v.get("low")):
+                per_task[t] = ("cannot tell", "no paired predictions")
+                continue
+            lo, hi, d = v["low"], v["high"], v["diff"]
+            if cl["relation"] == "close":
+                mg = float(cl.get("margin", 1.0))
+                verdict = "agrees" if lo > -mg else ("disagrees" if hi < -mg else "cannot tell")
+            else:
+                verdict = "agrees" if lo > 0 else ("disagrees" if hi < 0 else "cannot tell")
+            per_task[t] = (verdict, f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+        ratio = None
+        if cl.get("params_ratio"):
+            num, den = (_cell_first(st, m, "trainable") for m in cl["params_ratio"])
+            ratio = num / den if num and den else None
+        out.append({**cl, "per_task": per_task, "ratio": ratio})
+    return out
+
+
+def _cell_first(st: Study, method: str, key: str):
+    c = st.cells[(st.cells["method"] == method) & (st.cells["tuning_complete"])] if not st.cells.empty else st.cells
+    if c.empty or _n(c.iloc[0].get(key)):
+        return None
+    v = c.iloc[0][key]
+    return float(v[0] if isinstance(v, list) else v)
+
+
+def markdown(st: Study, command: str) -> str:
+    from bench.table import to_markdown
+
+    tune_n = sum(1 for c in st.expected.values() if c["tune"])
+    rep_needed = len(st.tasks) * len(st.methods) * (len(st.seeds) - len(st.tune_seeds))
+    todo = gaps(st)
+    p = st.protocol
+    d, t = p["dev"], p["train"]
+    lines = [
+        f"# Study `{st.name}`: {len(st.methods)} methods on {st.model}, {', '.join(TASK_LABELS.get(x, x) for x in st.tasks)}",
+        "",
+        f"Rebuilt by `{command}` from {len(st.runs)} records (of {tune_n} tuning + {rep_needed} reporting runs "
+        f"planned; {len(todo)} still to run).",
+        "",
+        "**Protocol.** "
+        f"A dev split of {d.get('dev_from_train')} training rows (seed {d.get('dev_seed')}, stratified by label) is carved "
+        "from train before anything else; the reported split (GLUE validation) is never used to choose anything. "
+        f"Every method gets the same budget ({t['epochs']} epoch(s), batch {t['batch_size']}, train subsample "
+        f"{d.get('max_train_samples')}, {t['precision']}, selection {t['selection']} on dev) and a grid of "
+        f"{len(next(iter(st.grid.values())))} learning rates. Stage 1: seed(s) {st.tune_seeds} run every grid entry; the entry "
+        f"with the best mean dev score is chosen per task and method. Stage 2: seeds "
+        f"{[s for s in st.seeds if s not in st.tune_seeds]} run at that entry only. Cells report the chosen entry's "
+        f"{len(st.seeds)} seeds on the reported split. Head input: {p['pooling']} pooling for every method.",
+        "",
+        "**Cells**: mean ± std over seeds [95% t-interval], then against the reference row "
+        f"(`{st.reference}`): ▲ significantly better, ▼ significantly worse, ≈ no significant difference "
+        "(two-level paired bootstrap over seeds and examples of the reported split, 2,000 resamples, α = 0.05); "
+        "the lr chosen on dev; #rank = 1 + the number of rows significantly better on that task (ties share a rank). "
+        "Scores x100. Trainable = method + task head. Step ms = median optimizer-step time over the method's runs "
+        "(2 jobs in parallel on 2 cores, 1 thread each); peak RSS = the largest process peak.",
+        "",
+        to_markdown(main_table(st)),
+        "",
+        "## Learning rate chosen on dev",
+        "",
+        f"Mean dev score (x100, seeds {st.tune_seeds}) of every grid entry; * = chosen.",
+        "",
+        to_markdown(lr_table(st)),
+        "",
+        "## Against the reference row",
+        "",
+    ]
+    ref_lines = []
+    for task in st.tasks:
+        for m in st.methods:
+            if m == st.reference:
+                continue
+            v = vs(st, m, st.reference, task)
+            if not v:
+                continue
+            ref_lines.append({"task": task, "method": m, f"Δ vs {st.reference}": f"{v['diff']:+.2f}",
+                              "95% interval": "-" if _n(v.get("low")) else f"[{v['low']:+.2f}, {v['high']:+.2f}]",
+                              "p (bootstrap)": f"{v['p']:.3f}", "p (seed-paired t)":
+                              "-" if _n(v.get("p_seed")) else f"{v['p_seed']:.3f}",
+                              "significant": "yes" if v["significant"] else "no", "seeds": len(v["seeds"])})
+    lines += [to_markdown(pd.DataFrame(ref_lines)) if ref_lines else "(no complete pair yet)", ""]
+    cl = claims(st)
+    if cl:
+        lines += ["## The papers' claims at this scale", "",
+                  "Each paper's headline claim, tested here on MiniLM at CPU scale (far from the papers' models and "
+                  "budgets: a verdict here says what holds at this scale, not whether the paper is right). "
+                  "close = not worse by more than the margin: agrees when the whole interval of the difference is "
+                  "above -margin; above = agrees when the interval is above 0; cannot tell when the interval "
+                  "straddles the boundary.", ""]
+        for c in cl:
+            ratio = f"; trainable {c['params_ratio'][0]} / {c['params_ratio'][1]} = {c['ratio']:.1f}x" if c.get("ratio") else ""
+            per = "; ".join(f"{TASK_LABELS.get(t, t)}: {v[0]} ({v[1]})" for t, v in c["per_task"].items())
+            lines.append(f"- **{c['claim']}** ({c['paper']}; paper: {c['paper_numbers']}). "
+                         f"Here ({c['a']} - {c['b']}{', margin ' + str(c['margin']) if c['relation'] == 'close' else ''}"
+                         f"{ratio}): {per}.")
+        lines.append("")
+    if todo or st.failed:
+        lines += ["## Missing or failed runs", ""]
+        n_tune = sum(1 for g in todo if g["tune"])
+        lines.append(f"{n_tune} tuning runs and {len(todo) - n_tune} reporting runs still to run "
+                     "(reporting seeds run only at the entry chosen on dev; the other entries are not expected).")
+        for f in st.failed[:20]:
+            lines.append(f"- failed: {f['task']} / {f['method']} seed {f['seed']} lr {_lr(f['lr'])}: {f.get('error')}")
+        lines.append(f"Fill the gaps: `python -m bench run -m experiment={st.name}` (resumes by config hash).")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def gaps(st: Study) -> list[dict]:
+    """The runs the protocol still needs: missing tuning runs, and the reporting seeds of each cell at its
+    chosen entry (a cell whose tuning is incomplete needs every reporting seed, entry not yet known)."""
+    out = [m for m in st.missing if m["tune"]]
+    have = st.runs
+    for _, c in st.cells.iterrows():
+        for seed in st.seeds:
+            if seed in st.tune_seeds:
+                continue
+            if not c["tuning_complete"]:
+                out.append({"task": c["task"], "method": c["method"], "seed": seed, "tune": False, "lr_index": None})
+                continue
+            hit = have[(have["task"] == c["task"]) & (have["method"] == c["method"]) & (have["seed"] == seed)
+                       & (have["lr_index"] == c["lr_index"])] if not have.empty else have
+            if hit.empty:
+                out.append({"task": c["task"], "method": c["method"], "seed": seed, "tune": False,
+                            "lr_index": int(c["lr_index"])})
+    return out
+
+
+def summary_csv(st: Study) -> pd.DataFrame:
+    rank_of = ranks(st)
+    rows = []
+    for _, c in st.cells.iterrows():
+        r = {k: c.get(k) for k in ("task", "method", "tuning_complete", "lr_index", "lr", "dev_mean", "n", "mean",
+                                   "std", "ci_low", "ci_high", "trainable", "trainable_method", "total",
+                                   "step_time_ms", "peak_rss_mb")}
+        r["seeds"] = " ".join(map(str, c.get("seeds") or [])) if isinstance(c.get("seeds"), list) else ""
+        v = vs(st, c["method"], st.reference, c["task"]) if c["method"] != st.reference else None
+        r.update({"reference": st.reference, "diff_vs_ref": v["diff"] if v else None,
+                  "diff_low": v.get("low") if v else None, "diff_high": v.get("high") if v else None,
+                  "p_bootstrap": v["p"] if v else None, "p_seed_t": v.get("p_seed") if v else None,
+                  "significant": v["significant"] if v else None, "rank": rank_of.get((c["task"], c["method"]))})
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def plots(st: Study, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key, xlabel, fname, logx in (("trainable", "trainable parameters (method + head)", "score_vs_params.png", True),
+                                     ("step_time_ms", "median step time (ms)", "score_vs_step_time.png", False)):
+        fig, axes = plt.subplots(1, len(st.tasks), figsize=(4.2 * len(st.tasks), 3.6), squeeze=False)
+        for ax, task in zip(axes[0], st.tasks):
+            for i, m in enumerate(st.methods):
+                c = st.cells[(st.cells["task"] == task) & (st.cells["method"] == m)]
+                if c.empty or not bool(c.iloc[0]["tuning_complete"]):
+                    continue
+                c = c.iloc[0]
+                x = c[key][0] if isinstance(c[key], list) else c[key]
+                if _n(x):
+                    continue
+                rep = reported_runs(st, task, m)
+                ax.scatter([x] * len(rep), rep["score"], s=10, alpha=0.35, color=f"C{i}")
+                err = None if _n(c["ci_low"]) else [[c["mean"] - c["ci_low"]], [c["ci_high"] - c["mean"]]]
+                ax.errorbar([x], [c["mean"]], yerr=err, fmt="o", color=f"C{i}", capsize=3, label=m)
+            maj = majority(st, task)
+            if maj is not None:
+                ax.axhline(maj, color="grey", lw=0.8, ls="--", label="majority class")
+            info = st.task_info[task]
+            ax.set_title(f"{TASK_LABELS.get(task, task)} ({METRIC_LABELS.get(info['metric'], info['metric'])} x100)")
+            ax.set_xlabel(xlabel)
+            if logx:
+                ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{st.name}: mean and 95% interval over seeds (dots: seeds), lr chosen on dev", fontsize=9)
+        fig.tight_layout()
+        path = out / fname
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def export_records(st: Study, results, out: Path) -> Path:
+    """The matched records as one gzip JSON-lines file (sorted, no timestamp: the same records give the same bytes)."""
+    keep = set(st.runs["hash"]) if not st.runs.empty else set()
+    recs = {}
+    for _, rec in iter_records(results):
+        if rec.get("config_hash") in keep:
+            recs[rec["config_hash"]] = rec
+    path = out / "records.jsonl.gz"
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        for h in sorted(recs, key=lambda h: (recs[h]["task"], recs[h]["method"], recs[h]["seed"], h)):
+            f.write((json.dumps(recs[h], sort_keys=True) + "\n").encode())
+    tmp.replace(path)
+    return path
+
+
+def write(st: Study, results, out: Path, command: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    md = out / "summary.md"
+    md.write_text(markdown(st, command))
+    paths.append(md)
+    summary_csv(st).to_csv(out / "summary.csv", index=False)
+    lr_table(st).to_csv(out / "lr_choice.csv", index=False)
+    pairs = st.pairs.drop(columns=[c for c in ("seeds",) if c in st.pairs.columns]) if not st.pairs.empty else st.pairs
+    pairs.to_csv(out / "pairs.csv", index=False)
+    paths += [out / "summary.csv", out / "lr_choice.csv", out / "pairs.csv"]
+    if not st.runs.empty:
+        paths += plots(st, out)
+        src = Path(results).resolve()
+        if not (src.is_file() and src == (out / "records.jsonl.gz").resolve()):
+            paths.append(export_records(st, results, out))
+    return paths
