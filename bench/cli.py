@@ -56,6 +56,25 @@ def _run_command(argv: list[str]) -> None:
         hc = HydraConfig.get()
         sweep = hc.mode == RunMode.MULTIRUN
         overrides = list(hc.overrides.task)
+        if not sweep:
+            return job(cfg, overrides, sweep)
+        try:
+            rec = job(cfg, overrides, sweep)
+        except BaseException as e:
+            sweep_status.report("failed", overrides, path=getattr(e, "record_path", None), error=f"{type(e).__name__}: {e}")
+            raise
+        if rec is None:
+            sweep_status.report("failed", overrides, path=LAST_FAILURE.get("path"), error=LAST_FAILURE.get("error"))
+        elif rec.get("skipped") or not rec.get("status"):
+            sweep_status.report("skipped", overrides, path=rec.get("path"))
+        else:
+            sweep_status.report("ok" if rec.get("status") == "ok" else "failed", overrides, path=rec.get("path"))
+        return rec
+
+    LAST_FAILURE: dict = {}
+
+    def job(cfg, overrides, sweep):
+        LAST_FAILURE.clear()
         try:
             try:
                 return runner.run(cfg, overrides, sweep=sweep)
@@ -75,23 +94,35 @@ def _run_command(argv: list[str]) -> None:
         except BenchError as e:
             if sweep:
                 print(f"[bench] run failed (the sweep goes on): {e}", file=sys.stderr)
+                LAST_FAILURE.update(path=getattr(e, "record_path", None), error=f"BenchError: {e}")
                 return None
             _fail(str(e))
         except Exception as e:  # noqa: BLE001 - recorded by the runner; a sweep goes on
             if sweep:
                 print(f"[bench] run failed (the sweep goes on): {type(e).__name__}: {e}", file=sys.stderr)
+                LAST_FAILURE.update(path=getattr(e, "record_path", None), error=f"{type(e).__name__}: {e}")
                 return None
             raise
 
-    if any(a in ("-m", "--multirun") for a in argv):
+    from bench import sweep_status
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if multirun:
         from bench.preflight import check_sweep
 
         try:
             check_sweep([a for a in argv if a not in ("-m", "--multirun")])
         except BenchError as e:
             _fail(str(e))
+        status_dir = sweep_status.start()
     sys.argv = ["bench", *argv]
-    app()
+    try:
+        app()
+    finally:
+        if multirun:
+            failed = sweep_status.finish(status_dir)
+    if multirun and failed:
+        raise SystemExit(1)
 
 
 def _simple(module: str):

@@ -36,7 +36,14 @@ def load_split(task: Any, split: str, data_dir: Optional[str]):
 
     path = _local_path(data_dir, task, split)
     if path is not None and path.is_file():
-        ds = datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
+        try:
+            ds = datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
+        except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError, ...: one message naming the file
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            raise BenchError(
+                f"{path} is not a readable parquet file ({type(e).__name__}: {first}); replace it with the hub's "
+                f"parquet for {task.name}/{split}, or point data_dir= elsewhere"
+            ) from None
         return ds, f"local:{path}"
     hub = task.get("hub")
     hub_error = "hub not configured for this task"

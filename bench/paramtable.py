@@ -99,6 +99,13 @@ def params_table(argv: list[str]):
     explicit_task = any(a.split("=", 1)[0] == "task" for a in rest)
     if not methods:
         methods = [str(compose(rest).method.name)]
+    unknown = [m for m in methods if m not in known]
+    if unknown and len(unknown) == len(methods):
+        import difflib
+
+        hints = [f"{m!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(m, known, n=1)) else "")
+                 for m in unknown]
+        raise BenchError(f"unknown method {', '.join(hints)}; known: {', '.join(known)}")
     rows = []
     heads = None
     for m in methods:
@@ -113,9 +120,11 @@ def params_table(argv: list[str]):
             (applicable if key.startswith("+") or top in base.method else skipped).append(o)
         cfg = compose([*rest, f"method={m}", *applicable]) if applicable else base
         task_type = task_type_for(cfg, explicit_task)
+        from methods import MethodConfigError
+
         try:
             c = count_for(cfg, task_type)
-        except BenchError as e:
+        except (BenchError, MethodConfigError) as e:
             rows.append({"method": m, "error": str(e)})
             continue
         heads = c["head_modules"]

@@ -48,11 +48,18 @@ def write_json_atomic(path: Path, obj: Any) -> None:
             json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared results folder needs others to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _json_default(o):

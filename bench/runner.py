@@ -26,9 +26,31 @@ PROCESS_START = time.perf_counter()
 # ------------------------------------------------------------------------------------------------
 # validation: every bad input is caught here, before any model or data is touched
 # ------------------------------------------------------------------------------------------------
+def problem_message(problems: list[str]) -> str:
+    """One line for one problem; a list for several."""
+    if len(problems) == 1:
+        return f"Invalid configuration: {problems[0]}"
+    return "Invalid configuration:\n  - " + "\n  - ".join(problems)
+
+
+NUMERIC_TRAIN_KEYS = ("lr", "batch_size", "eval_batch_size", "grad_accum", "epochs", "max_steps", "warmup_steps",
+                      "warmup_ratio", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon",
+                      "logging_steps")
+
+
 def validate_config(cfg: DictConfig) -> None:
     t = cfg.train
     problems = []
+    for key in NUMERIC_TRAIN_KEYS:  # values that are not numbers at all, before any comparison
+        v = t.get(key)
+        if v is None or isinstance(v, bool):
+            continue
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            problems.append(f"train.{key} must be a number (got {v!r}); e.g. train.{key}={DEFAULT_HINTS.get(key, 1)}")
+    if problems:
+        raise BenchError(problem_message(problems))
     if not (t.lr is not None and float(t.lr) > 0):
         problems.append(f"train.lr must be > 0 (got {t.lr}); e.g. train.lr=1e-4")
     for key in ("batch_size", "eval_batch_size", "grad_accum"):
@@ -55,7 +77,7 @@ def validate_config(cfg: DictConfig) -> None:
         if v is not None and int(v) < 1:
             problems.append(f"data.{key} must be a positive integer or null (got {v})")
     if problems:
-        raise BenchError("Invalid configuration:\n  - " + "\n  - ".join(problems))
+        raise BenchError(problem_message(problems))
 
 
 def dev_metric_key(main_key: str, task: Any) -> str:
@@ -64,6 +86,27 @@ def dev_metric_key(main_key: str, task: Any) -> str:
         if alias != "default" and main_key.endswith("_" + alias):
             return f"{main_key[: -len(alias) - 1]}_{DEV_ALIAS}"
     return f"{main_key}_{DEV_ALIAS}"
+
+
+DEFAULT_HINTS = {"lr": "1e-4", "batch_size": 16, "eval_batch_size": 64, "grad_accum": 1, "epochs": 3, "max_steps": 200,
+                 "warmup_steps": 0, "warmup_ratio": 0.06, "weight_decay": 0.01, "max_grad_norm": 1.0}
+
+
+def check_results_dir(results_dir) -> None:
+    """The results folder exists (or can be made) and takes a file: else one message, before any training."""
+    p = Path(results_dir)
+    for parent in [p, *p.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise BenchError(f"results_dir={results_dir} lies under {parent}, which is a file, not a folder; "
+                             "choose another results_dir=<folder>")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise BenchError(f"results_dir={results_dir} cannot be written ({e.strerror or type(e).__name__}); "
+                         "choose a writable results_dir=<folder> or fix its permissions") from None
 
 
 def optimizer_steps(n_train: int, t: DictConfig) -> int:
@@ -101,15 +144,19 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
         lr_choice = study.resolve(cfg)  # train.lr from the study's grid (before hashing: the record says which)
     except study.NotChosen as e:
         print(f"[bench] skip: {e}")
-        return {}
+        return {"skipped": "not the lr chosen on dev"}
     config = plain(cfg)
     config.pop("hydra", None)
     chash = records.config_hash(config)
     path = records.record_path(cfg.results_dir, config, chash)
     if not cfg.force and records.completed(path, chash):
         print(f"[bench] skip: {path.name} already has an ok record with this config hash (force=true reruns)")
-        return records.read_record(path) or {}
+        return {**(records.read_record(path) or {}), "skipped": "already done"}
 
+    try:
+        check_results_dir(cfg.results_dir)
+    except BenchError:
+        raise  # nowhere to write even a failed record
     try:
         validate_config(cfg)
         method = resolve_method(cfg)
@@ -127,6 +174,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
                 "failed_before_training": True,
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
+            e.record_path = str(path)  # type: ignore[attr-defined]  (the sweep's summary names it)
         raise
 
     record: dict[str, Any] = {
@@ -156,6 +204,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
         if isinstance(e, BenchError) and "params" not in record:
             # bad input found before training: nothing ran, so keep no record unless in a sweep
             record["failed_before_training"] = True
+        e.record_path = str(path)  # type: ignore[attr-defined]
         raise
     finally:
         record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -204,7 +253,12 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
         num_labels=cfg.task.get("num_labels"),
     )
     set_seed(int(cfg.seed))  # the method's own initialisation is seeded too
-    model = method.apply(model, mcfg, ctx)
+    from methods import MethodConfigError
+
+    try:
+        model = method.apply(model, mcfg, ctx)
+    except MethodConfigError as e:  # a setting that only the model's shapes can refute (e.g. LoRA-Dash s > rank)
+        raise BenchError(str(e)) from None
     if t.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     record["params"] = count_parameters(model, heads, base_total, method.trainable_parameters(model, mcfg))
@@ -274,6 +328,10 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
         method.save(model, mcfg, str(artifact_dir / "adapter"))
         record["adapter_path"] = str(artifact_dir / "adapter")
     shutil.rmtree(artifact_dir / "trainer", ignore_errors=True)
+    try:
+        artifact_dir.rmdir()  # only when nothing was kept there (no adapter, no predictions file)
+    except OSError:
+        pass
 
 
 class _EpochEval(TrainerCallback):

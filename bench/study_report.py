@@ -19,7 +19,7 @@ from bench import stats
 from bench.study_table import Study, iter_records, ranks, reported_runs, vs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CLAIMS = REPO_ROOT / "results" / "paper" / "study_claims.yaml"
+CLAIMS = REPO_ROOT / "results" / "paper" / "claims" / "study_claims.yaml"
 TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "rte": "RTE", "qnli": "QNLI", "mrpc": "MRPC", "stsb": "STS-B",
                "qqp": "QQP", "mnli": "MNLI"}
 METRIC_LABELS = {"accuracy": "acc", "matthews": "MCC", "pearson": "Pearson", "spearman": "Spearman", "f1": "F1"}

@@ -388,7 +388,11 @@ def test_validate_rejects_bad_options_with_hints():
     m.validate(_id3_cfg(budget=0.01))
     m.validate(_id3_cfg(budget=1e5))
     assert resolve_budget(0.01, 12345) == 123
-    assert resolve_budget(10**9, 500) == 500
+    # a budget above the selectable entries is refused (it would silently train every entry); "all" asks for that
+    with pytest.raises(MethodConfigError, match="exceeds the 500 selectable entries"):
+        resolve_budget(10**9, 500)
+    assert resolve_budget(500, 500) == 500 and resolve_budget("all", 500) == 500
+    m.validate(_id3_cfg(budget="all"))
 
 
 def test_missing_T_is_an_actionable_error(tiny_bert):

@@ -387,7 +387,9 @@ def test_every_method_trains_the_qa_head_and_counts_it_apart(name):
     assert heads == ["qa_outputs"]
     head_size = sum(p.numel() for p in model.qa_outputs.parameters())
     base_total = count_parameters(model)["total"]
-    mcfg = plain(compose([f"method={name}", "task=squad"]).method)
+    # ID3's default budget (320K) is above this tiny model's entries, which ID3 refuses: a tenth of them
+    extra = ["method.budget=0.1"] if name == "id3" else []
+    mcfg = plain(compose([f"method={name}", "task=squad", *extra]).method)
     method = get_method(name)
     method.validate(mcfg)
     ctx = MethodContext(task_type="qa", task_name="squad", model_type="bert", head_modules=heads, train_head=True,

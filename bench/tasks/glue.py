@@ -29,8 +29,27 @@ class GlueFamily(TaskFamily):
         from bench.data import load_task_data
 
         # a dev split carved from train keeps the class balance of train
-        return load_task_data(self.cfg, self.required_columns(),
+        data = load_task_data(self.cfg, self.required_columns(),
                               stratify_field=None if self.is_regression else self.task.label_field)
+        for alias, ds in {"train": data.train, **data.evals}.items():
+            self.check_labels(np.asarray(ds[self.task.label_field]), alias, data.info["sources"].get(
+                "train" if alias in ("train", "dev") else f"eval:{alias}", ""))
+        return data
+
+    def check_labels(self, labels: np.ndarray, split: str, source: str) -> None:
+        """Labels the task can learn from: classes in 0..num_labels-1, regression targets that are numbers."""
+        t = self.task
+        if self.is_regression:
+            bad = int(np.isnan(labels.astype(float)).sum())
+            if bad:
+                raise BenchError(f"task {t.name}: {bad} {split} row(s) from {source} have a NaN target; drop or fix them")
+            return
+        outside = sorted(set(np.unique(labels).tolist()) - set(range(int(t.num_labels))))
+        if outside:
+            raise BenchError(
+                f"task {t.name}: {split} labels {outside[:5]} from {source} are outside the task's classes "
+                f"0..{int(t.num_labels) - 1} (num_labels={t.num_labels}); fix the data or set task.num_labels"
+            )
 
     def validate(self) -> None:
         t = self.task

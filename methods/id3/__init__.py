@@ -52,12 +52,21 @@ class ID3Plan:
 
 
 def resolve_budget(budget, entries: int) -> int:
-    """B as an entry count: an int >= 1, or a fraction in (0, 1) of ``entries``; clamped to ``entries``."""
+    """B as an entry count: an int >= 1, a fraction in (0, 1) of ``entries``, or "all" (= entries).
+
+    A count above ``entries`` is an error (it would silently train every entry): ask for "all" instead.
+    """
+    if budget == "all":
+        return entries
     if isinstance(budget, float) and 0.0 < budget < 1.0:
-        b = max(1, int(math.floor(budget * entries)))
-    else:
-        b = int(budget)
-    return min(b, entries)
+        return max(1, int(math.floor(budget * entries)))
+    b = int(budget)
+    if b > entries:
+        raise MethodConfigError(
+            f"method.budget={budget} exceeds the {entries:,} selectable entries of this model's scope; "
+            f"choose method.budget <= {entries} (or a fraction such as 0.01), or method.budget=all to train every entry"
+        )
+    return b
 
 
 def _is_head(name: str, head_modules) -> bool:
@@ -101,7 +110,9 @@ class ID3(Method):
     def validate(self, cfg: Mapping[str, Any]) -> None:
         budget = cfg.get("budget")
         ok = False
-        if isinstance(budget, bool) or budget is None:
+        if budget == "all":
+            ok = True
+        elif isinstance(budget, bool) or budget is None:
             ok = False
         elif isinstance(budget, int):
             ok = budget >= 1
@@ -110,7 +121,7 @@ class ID3(Method):
         if not ok:
             raise MethodConfigError(
                 f"method.budget must be a positive integer number of entries (e.g. method.budget=320000) or a "
-                f"fraction in (0, 1) of the scope's entries (e.g. method.budget=0.01); got {budget!r}"
+                f"fraction in (0, 1) of the scope's entries (e.g. method.budget=0.01), or all; got {budget!r}"
             )
         exp, eps = cfg.get("exp", 0.0), cfg.get("eps", 1e-3)
         if not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp < 0:
