@@ -132,10 +132,12 @@ def test_invalid_config_is_recorded_in_a_sweep_but_not_in_a_single_run(tmp_path,
 
 @pytest.mark.slow  # a subprocess multirun: ~10 s of imports, more on a loaded machine
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
-    """Both jobs are invalid (lr < 0): the second still runs after the first failed, each leaves a record."""
+    """Both jobs are invalid (lr < 0): the second still runs after the first failed, each leaves a record;
+    then the sweep exits 1 with one summary line."""
     r = run_cli(["run", "-m", "method=lora", "task=rte", "model=tiny-bert", "train.lr=-1,-2",
                  f"results_dir={tmp_path}/runs", f"hydra.sweep.dir={tmp_path}/sweep"])
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "[bench] sweep: 0 ok, 0 skipped, 2 failed; failed records: " in r.stderr
     recs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
     assert sorted(x["config"]["train"]["lr"] for x in recs) == [-2.0, -1.0]
     assert all(x["status"] == "failed" and "train.lr must be > 0" in x["error"] for x in recs)
@@ -225,6 +227,17 @@ def test_every_row_of_every_experiment_composes():
     with Composer() as compose:
         for f in sorted((CONF / "experiment").glob("*.yaml")):
             root = compose([f"experiment={f.stem}"], hydra=True)
+            if root.study.lr_grid:  # a study: every swept method at every grid entry (its rows are its methods)
+                from bench import study
+
+                for method in root.hydra.sweeper.params.method.split(","):
+                    for i in range(len(root.study.lr_grid[method])):
+                        cfg = compose([f"experiment={f.stem}", f"method={method}", f"study.lr_index={i}", "seed=1"])
+                        study.resolve(cfg)
+                        assert cfg.train.lr == root.study.lr_grid[method][i]
+                        runner.validate_config(cfg)
+                        runner.resolve_method(cfg)
+                continue
             paper = load_paper(root.paper_table)
             first = root.hydra.sweeper.params.task.split(",")[0]
             for row in paper["rows"]:
