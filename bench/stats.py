@@ -77,11 +77,7 @@ def _matthews(pred, label, idx):
 
 
 def _pearson(pred, label, idx):
-    p, y = pred[idx].astype(float), label[idx].astype(float)
-    p = p - p.mean(1, keepdims=True)
-    y = y - y.mean(1, keepdims=True)
-    den = np.sqrt((p * p).sum(1) * (y * y).sum(1))
-    return np.where(den > 0, (p * y).sum(1) / np.where(den > 0, den, 1), 0.0)
+    return _pearson_rows(pred[idx].astype(float), label[idx].astype(float))
 
 
 def _spearman(pred, label, idx):

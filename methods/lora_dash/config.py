@@ -8,36 +8,18 @@ member, which peft only ships for its built-in methods; :func:`lora_dash_peft_ty
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 from peft import LoraConfig
-from peft.utils.peft_types import PeftType
+
+from methods.peft_compat import peft_type
 
 PEFT_TYPE_NAME = "LORA_DASH"
 
 
-def lora_dash_peft_type() -> PeftType:
-    """The ``PeftType.LORA_DASH`` member, added to peft's enum on first use (idempotent).
-
-    peft's ``register_peft_method`` requires the method's name to be a ``PeftType`` member but the
-    enum is closed; this inserts one member the way ``enum`` itself stores members, so lookups by
-    value (``PeftType("LORA_DASH")``), iteration and the peft-type -> class mappings all work.
-    """
-    members = PeftType.__members__
-    if PEFT_TYPE_NAME in members:
-        return members[PEFT_TYPE_NAME]
-    member = str.__new__(PeftType, PEFT_TYPE_NAME)
-    member._name_ = PEFT_TYPE_NAME
-    member._value_ = PEFT_TYPE_NAME
-    member.__objclass__ = PeftType
-    member._sort_order_ = len(PeftType._member_names_)
-    PeftType._member_map_[PEFT_TYPE_NAME] = member
-    PeftType._value2member_map_[PEFT_TYPE_NAME] = member
-    PeftType._member_names_.append(PEFT_TYPE_NAME)
-    type.__setattr__(PeftType, PEFT_TYPE_NAME, member)
-    assert isinstance(member, enum.Enum) and PeftType(PEFT_TYPE_NAME) is member
-    return member
+def lora_dash_peft_type():
+    """The ``PeftType.LORA_DASH`` member (added to peft's enum by methods/peft_compat.py)."""
+    return peft_type(PEFT_TYPE_NAME)
 
 
 LORA_DASH = lora_dash_peft_type()

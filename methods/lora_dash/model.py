@@ -11,15 +11,14 @@ import time
 from typing import Iterator, Optional
 
 import torch
-from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.tuners.lora import LoraModel
 from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils.peft_types import register_peft_method
 from torch import nn
 
-from methods.lora_dash.config import LORA_DASH, LoraDashConfig
+from methods.lora_dash.config import LoraDashConfig
 from methods.lora_dash.layer import DashLinear
+from methods.peft_compat import register_tuner
 from methods.lora_dash.svd import SvdCache, direction_change, select_directions
 
 
@@ -57,13 +56,7 @@ class LoraDashModel(LoraModel):
         )
 
 
-def _register() -> None:
-    if LORA_DASH in PEFT_TYPE_TO_TUNER_MAPPING:  # re-import (e.g. importlib.reload): already there
-        return
-    register_peft_method(name="lora_dash", config_cls=LoraDashConfig, model_cls=LoraDashModel, prefix="lora_")
-
-
-_register()
+register_tuner("lora_dash", LoraDashConfig, LoraDashModel, prefix="lora_")
 
 
 # -- model-level helpers --------------------------------------------------------------------------

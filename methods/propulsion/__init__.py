@@ -9,15 +9,13 @@ After ``import methods.propulsion`` plain peft code works::
     merged = model.merge_and_unload()              # W' = diag(z**k) W, b' = z**k * b, E' = E * z**k
 """
 
-from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-from peft.utils.peft_types import register_peft_method
+from methods.peft_compat import register_tuner
 
 from .config import PAPER_DEGREES, PROPULSION, PropulsionConfig, paper_degree, paper_train_head
 from .layer import Embedding, Linear, PropulsionLayer
 from .model import PropulsionModel
 
-if PROPULSION not in PEFT_TYPE_TO_TUNER_MAPPING:  # module re-execution (e.g. importlib.reload) must not re-register
-    register_peft_method(name="propulsion", config_cls=PropulsionConfig, model_cls=PropulsionModel)
+register_tuner("propulsion", PropulsionConfig, PropulsionModel)
 
 from .method import PropulsionMethod, resolve_degree, resolve_train_head  # noqa: E402  (registers "propulsion")
 

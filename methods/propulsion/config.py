@@ -7,35 +7,12 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from peft.config import PeftConfig
-from peft.utils.peft_types import PeftType
+from methods.peft_compat import peft_type
 
 PEFT_TYPE_NAME = "PROPULSION"
 
 
-def _ensure_peft_type() -> PeftType:
-    """Add PROPULSION to peft's closed ``PeftType`` enum (peft's registration only accepts enum members).
-
-    Idempotent; the member behaves like the built-in ones (``PeftType("PROPULSION")``, JSON as a plain string).
-    """
-    if PEFT_TYPE_NAME in PeftType.__members__:
-        return PeftType[PEFT_TYPE_NAME]
-    member = str.__new__(PeftType, PEFT_TYPE_NAME)
-    member._name_ = PEFT_TYPE_NAME
-    member._value_ = PEFT_TYPE_NAME
-    member.__objclass__ = PeftType
-    add_member = getattr(PeftType, "_add_member_", None)  # Python >= 3.13 has a helper for this
-    if add_member is not None:
-        add_member(PEFT_TYPE_NAME, member)
-    else:
-        member._sort_order_ = len(PeftType._member_names_)
-        type.__setattr__(PeftType, PEFT_TYPE_NAME, member)
-        PeftType._member_names_.append(PEFT_TYPE_NAME)
-        PeftType._member_map_[PEFT_TYPE_NAME] = member
-    PeftType._value2member_map_[PEFT_TYPE_NAME] = member
-    return member
-
-
-PROPULSION = _ensure_peft_type()
+PROPULSION = peft_type(PEFT_TYPE_NAME)  # methods/peft_compat.py
 
 # Degrees used in the paper's experiments, keyed by a normalised task name (lower case, letters and digits only).
 # GLUE: SST-2 / QQP / RTE 15, QNLI / MRPC 55, other GLUE tasks 20; SQuAD 35; LLM reasoning 15.
