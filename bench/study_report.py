@@ -131,6 +131,13 @@ def claims(st: Study, path: Path = CLAIMS) -> list[dict]:
         per_task = {}
         for t in st.tasks:
             v = vs(st, cl["a"], cl["b"], t)
+            maj = majority(st, t)
+            means = [_cell_mean(st, t, m) for m in (cl["a"], cl["b"])]
+            if maj is not None and any(x is None or x <= maj for x in means):
+                # two rows at the trivial baseline are "close" only in a meaningless way
+                per_task[t] = ("cannot tell", "a row is not above the majority-class baseline "
+                                              f"{maj:.2f}: " + ", ".join("-" if x is None else f"{x:.2f}" for x in means))
+                continue
             if not v or _n(v.get("low")):
                 per_task[t] = ("cannot tell", "no paired predictions")
                 continue
@@ -140,13 +147,23 @@ def claims(st: Study, path: Path = CLAIMS) -> list[dict]:
                 verdict = "agrees" if lo > -mg else ("disagrees" if hi < -mg else "cannot tell")
             else:
                 verdict = "agrees" if lo > 0 else ("disagrees" if hi < 0 else "cannot tell")
-            per_task[t] = (verdict, f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+            per_task[t] = (verdict, f"{_s(d)} [{_s(lo)}, {_s(hi)}]")
         ratio = None
         if cl.get("params_ratio"):
             num, den = (_cell_first(st, m, "trainable") for m in cl["params_ratio"])
             ratio = num / den if num and den else None
         out.append({**cl, "per_task": per_task, "ratio": ratio})
     return out
+
+
+def _cell_mean(st: Study, task: str, method: str):
+    c = st.cells[(st.cells["task"] == task) & (st.cells["method"] == method)]
+    return None if c.empty or not bool(c.iloc[0]["tuning_complete"]) else float(c.iloc[0]["mean"])
+
+
+def _s(x: float) -> str:
+    """Signed, two decimals, no negative zero."""
+    return f"{round(x, 2) + 0.0:+.2f}"
 
 
 def _cell_first(st: Study, method: str, key: str):
@@ -207,8 +224,8 @@ def markdown(st: Study, command: str) -> str:
             v = vs(st, m, st.reference, task)
             if not v:
                 continue
-            ref_lines.append({"task": task, "method": m, f"Δ vs {st.reference}": f"{v['diff']:+.2f}",
-                              "95% interval": "-" if _n(v.get("low")) else f"[{v['low']:+.2f}, {v['high']:+.2f}]",
+            ref_lines.append({"task": task, "method": m, f"Δ vs {st.reference}": _s(v["diff"]),
+                              "95% interval": "-" if _n(v.get("low")) else f"[{_s(v['low'])}, {_s(v['high'])}]",
                               "p (bootstrap)": f"{v['p']:.3f}", "p (seed-paired t)":
                               "-" if _n(v.get("p_seed")) else f"{v['p_seed']:.3f}",
                               "significant": "yes" if v["significant"] else "no", "seeds": len(v["seeds"])})
