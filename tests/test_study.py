@@ -284,3 +284,26 @@ def test_protocol_runs_unchanged_on_glue_tasks_outside_the_study(tmp_path, glue_
     assert ia3["p_bootstrap"].notna().all() and set(ia3["task"]) == {"mrpc", "stsb", "qqp", "mnli"}
     md = (tmp_path / "tables" / "summary.md").read_text()
     assert "MRPC acc" in md and "STS-B Pearson" in md and "MNLI acc" in md
+
+
+def test_claims_agree_disagree_or_cannot_tell(tmp_path):
+    from bench import study_report, study_table
+
+    claims = tmp_path / "claims.yaml"
+    claims.write_text(
+        "claims:\n"
+        "  - {paper: P, claim: full above lora, paper_numbers: x, a: full, b: lora, relation: above}\n"
+        "  - {paper: P, claim: lora above full, paper_numbers: x, a: lora, b: full, relation: above}\n"
+        "  - {paper: P, claim: ia3 above lora, paper_numbers: x, a: ia3, b: lora, relation: above}\n"
+        "  - {paper: P, claim: ia3 close to lora, paper_numbers: x, a: ia3, b: lora, relation: close, margin: 20}\n")
+    acc = {"lora": 0.75, "ia3": 0.75, "full": 0.88}
+    _plant(tmp_path / "runs", ARGV, lambda t, m, s, i: (0.9 if i == 1 else 0.5, acc[m]))
+    st = study_table.build(ARGV, tmp_path / "runs", n_boot=500)
+    verdicts = [c["per_task"]["rte"][0] for c in study_report.claims(st, claims)]
+    assert verdicts == ["agrees", "disagrees", "cannot tell", "agrees"]
+    # rows at or below the majority class: nothing can be said, whatever the intervals
+    acc2 = {"lora": 0.2, "ia3": 0.2, "full": 0.3}
+    _plant(tmp_path / "runs2", ARGV, lambda t, m, s, i: (0.9 if i == 1 else 0.5, acc2[m]))
+    st2 = study_table.build(ARGV, tmp_path / "runs2", n_boot=200)
+    out = study_report.claims(st2, claims)
+    assert all(c["per_task"]["rte"][0] == "cannot tell" and "majority-class" in c["per_task"]["rte"][1] for c in out)
