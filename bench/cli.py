@@ -54,55 +54,39 @@ def _run_command(argv: list[str]) -> None:
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def app(cfg):
         hc = HydraConfig.get()
-        sweep = hc.mode == RunMode.MULTIRUN
         overrides = list(hc.overrides.task)
-        if not sweep:
-            return job(cfg, overrides, sweep)
+        if hc.mode != RunMode.MULTIRUN:
+            try:
+                return job(cfg, overrides, sweep=False)
+            except BenchError as e:
+                _fail(str(e))
         try:
-            rec = job(cfg, overrides, sweep)
-        except BaseException as e:
-            sweep_status.report("failed", overrides, path=getattr(e, "record_path", None), error=f"{type(e).__name__}: {e}")
-            raise
-        if rec is None:
-            sweep_status.report("failed", overrides, path=LAST_FAILURE.get("path"), error=LAST_FAILURE.get("error"))
-        elif rec.get("skipped") or not rec.get("status"):
-            sweep_status.report("skipped", overrides, path=rec.get("path"))
-        else:
-            sweep_status.report("ok" if rec.get("status") == "ok" else "failed", overrides, path=rec.get("path"))
+            rec = job(cfg, overrides, sweep=True)
+        except Exception as e:  # noqa: BLE001 - recorded by the runner; the sweep goes on and counts it
+            error = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+            print(f"[bench] run failed (the sweep goes on): {error}", file=sys.stderr)
+            sweep_status.report("failed", overrides, path=getattr(e, "record_path", None), error=error)
+            return None
+        status = "skipped" if rec.get("skipped") or not rec.get("status") else rec["status"]
+        sweep_status.report(status if status in ("ok", "skipped") else "failed", overrides, path=rec.get("path"))
         return rec
 
-    LAST_FAILURE: dict = {}
-
     def job(cfg, overrides, sweep):
-        LAST_FAILURE.clear()
         try:
-            try:
-                return runner.run(cfg, overrides, sweep=sweep)
-            except DataUnavailable as e:
-                fallback = cfg.get("offline_fallback")
-                if not fallback:
-                    raise
-                print(f"[bench] {cfg.task.name} data cannot be reached ({str(e).split(':')[0]}); "
-                      f"running the offline task instead: {fallback}")
-                from hydra import compose as hydra_compose
+            return runner.run(cfg, overrides, sweep=sweep)
+        except DataUnavailable as e:
+            fallback = cfg.get("offline_fallback")
+            if not fallback:
+                raise
+            print(f"[bench] {cfg.task.name} data cannot be reached ({str(e).split(':')[0]}); "
+                  f"running the offline task instead: {fallback}")
+            from hydra import compose as hydra_compose
 
-                extra = shlex.split(fallback)
-                keys = {o.split("=", 1)[0].lstrip("+~") for o in extra}
-                kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys | {"offline_fallback"}]
-                new_cfg = hydra_compose(config_name="config", overrides=kept + extra + ["offline_fallback=null"])
-                return runner.run(new_cfg, kept + extra, sweep=sweep)
-        except BenchError as e:
-            if sweep:
-                print(f"[bench] run failed (the sweep goes on): {e}", file=sys.stderr)
-                LAST_FAILURE.update(path=getattr(e, "record_path", None), error=f"BenchError: {e}")
-                return None
-            _fail(str(e))
-        except Exception as e:  # noqa: BLE001 - recorded by the runner; a sweep goes on
-            if sweep:
-                print(f"[bench] run failed (the sweep goes on): {type(e).__name__}: {e}", file=sys.stderr)
-                LAST_FAILURE.update(path=getattr(e, "record_path", None), error=f"{type(e).__name__}: {e}")
-                return None
-            raise
+            extra = shlex.split(fallback)
+            keys = {o.split("=", 1)[0].lstrip("+~") for o in extra}
+            kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys | {"offline_fallback"}]
+            new_cfg = hydra_compose(config_name="config", overrides=kept + extra + ["offline_fallback=null"])
+            return runner.run(new_cfg, kept + extra, sweep=sweep)
 
     from bench import sweep_status
 

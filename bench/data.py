@@ -229,11 +229,11 @@ def load_task_data(cfg: Any, required_columns: list[str], stratify_field: Option
         info["sources"][f"eval:{alias}"] = source
 
     seed = int(dcfg.subsample_seed)
-    if DEV_ALIAS in eval_splits:
-        raise BenchError(f"task {task.name!r} already names an evaluation split {DEV_ALIAS!r}; rename that alias")
     dev_spec = dcfg.get("dev_from_train")
     dev = None
     if dev_spec not in (None, 0):
+        if DEV_ALIAS in eval_splits:
+            raise BenchError(f"task {task.name!r} already names an evaluation split {DEV_ALIAS!r}; rename that alias")
         # carved before train is subsampled, so the dev rows do not depend on data.max_train_samples
         dev_seed = dcfg.get("dev_seed")
         dev_seed = seed if dev_seed is None else int(dev_seed)

@@ -38,6 +38,10 @@ NUMERIC_TRAIN_KEYS = ("lr", "batch_size", "eval_batch_size", "grad_accum", "epoc
                       "logging_steps")
 
 
+DEFAULT_HINTS = {"lr": "1e-4", "batch_size": 16, "eval_batch_size": 64, "grad_accum": 1, "epochs": 3, "max_steps": 200,
+                 "warmup_steps": 0, "warmup_ratio": 0.06, "weight_decay": 0.01, "max_grad_norm": 1.0}
+
+
 def validate_config(cfg: DictConfig) -> None:
     t = cfg.train
     problems = []
@@ -86,10 +90,6 @@ def dev_metric_key(main_key: str, task: Any) -> str:
         if alias != "default" and main_key.endswith("_" + alias):
             return f"{main_key[: -len(alias) - 1]}_{DEV_ALIAS}"
     return f"{main_key}_{DEV_ALIAS}"
-
-
-DEFAULT_HINTS = {"lr": "1e-4", "batch_size": 16, "eval_batch_size": 64, "grad_accum": 1, "epochs": 3, "max_steps": 200,
-                 "warmup_steps": 0, "warmup_ratio": 0.06, "weight_decay": 0.01, "max_grad_norm": 1.0}
 
 
 def check_results_dir(results_dir) -> None:
@@ -153,10 +153,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
         print(f"[bench] skip: {path.name} already has an ok record with this config hash (force=true reruns)")
         return {**(records.read_record(path) or {}), "skipped": "already done"}
 
-    try:
-        check_results_dir(cfg.results_dir)
-    except BenchError:
-        raise  # nowhere to write even a failed record
+    check_results_dir(cfg.results_dir)  # nowhere to write even a failed record: stop here
     try:
         validate_config(cfg)
         method = resolve_method(cfg)

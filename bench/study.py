@@ -65,22 +65,7 @@ def _dev_score(rec: dict) -> Optional[float]:
 
 def choose_index(dev_scores: dict[int, list[float]]) -> int:
     """The grid entry with the best mean dev score (ties: the lower index)."""
-    best, best_mean = None, None
-    for i in sorted(dev_scores):
-        vals = dev_scores[i]
-        mean = sum(vals) / len(vals)
-        if best_mean is None or mean > best_mean:
-            best, best_mean = i, mean
-    assert best is not None
-    return best
-
-
-def _candidate(config: dict, seed: int, index: int, lr: float) -> dict:
-    c = copy.deepcopy(config)
-    c["seed"] = int(seed)
-    c["study"]["lr_index"] = int(index)
-    c["train"]["lr"] = float(lr)
-    return c
+    return max(sorted(dev_scores), key=lambda i: sum(dev_scores[i]) / len(dev_scores[i]))
 
 
 def tuned_index(config: dict, results_dir: str | Path) -> tuple[int, dict]:
@@ -91,7 +76,7 @@ def tuned_index(config: dict, results_dir: str | Path) -> tuple[int, dict]:
     missing = []
     for i, lr in enumerate(grid):
         for s in st["tune_seeds"]:
-            cand = _candidate(config, s, i, lr)
+            cand = grid_config(config, s, i)
             path = records.record_path(results_dir, cand, records.config_hash(cand))
             rec = records.read_record(path)
             score = _dev_score(rec) if rec and rec.get("status") == "ok" else None
@@ -121,7 +106,11 @@ def apply_method_cfg(cfg: DictConfig) -> None:
 
 def grid_config(config: dict, seed: int, index: int) -> dict:
     """The resolved config (a plain dict, after apply_method_cfg) of one grid entry and seed, as a run hashes it."""
-    return _candidate(config, seed, index, config["study"]["lr_grid"][config["method"]["name"]][index])
+    c = copy.deepcopy(config)
+    c["seed"] = int(seed)
+    c["study"]["lr_index"] = int(index)
+    c["train"]["lr"] = float(c["study"]["lr_grid"][c["method"]["name"]][index])
+    return c
 
 
 def resolve(cfg: DictConfig) -> Optional[dict]:

@@ -41,6 +41,11 @@ def _params(x) -> str:
     return f"{int(x):,}"
 
 
+def _col(st: Study, task: str) -> str:
+    metric = st.task_info[task]["metric"]
+    return f"{TASK_LABELS.get(task, task)} {METRIC_LABELS.get(metric, metric)}"
+
+
 def cell_text(st: Study, task: str, method: str, rank_of: dict) -> str:
     c = st.cells[(st.cells["task"] == task) & (st.cells["method"] == method)]
     if c.empty or not bool(c.iloc[0]["tuning_complete"]):
@@ -84,25 +89,24 @@ def main_table(st: Study) -> pd.DataFrame:
         first = c[c["tuning_complete"]].iloc[0] if (not c.empty and c["tuning_complete"].any()) else None
         line["trainable"] = _params(first["trainable"]) if first is not None else "?"
         for t in st.tasks:
-            info = st.task_info[t]
-            line[f"{TASK_LABELS.get(t, t)} {METRIC_LABELS.get(info['metric'], info['metric'])}"] = cell_text(st, t, m, rank_of)
+            line[_col(st, t)] = cell_text(st, t, m, rank_of)
         means = [c[c["task"] == t].iloc[0]["mean"] for t in st.tasks
                  if not c[c["task"] == t].empty and bool(c[c["task"] == t].iloc[0]["tuning_complete"])]
         line["avg"] = f"{sum(means) / len(means):.2f}" if len(means) == len(st.tasks) and means else "-"
         rks = [rank_of[(t, m)] for t in st.tasks if (t, m) in rank_of]
         line["mean rank"] = f"{sum(rks) / len(rks):.2f}" if len(rks) == len(st.tasks) and rks else "-"
-        line["step ms"] = f"{first['step_time_ms']:.0f}" if first is not None and not _n(first["step_time_ms"]) else "-"
-        steps = c["step_time_ms"].dropna() if "step_time_ms" in c else []
-        if len(steps):
-            line["step ms"] = f"{float(pd.Series(steps).median()):.0f}"
-        mem = c["peak_rss_mb"].dropna() if "peak_rss_mb" in c else []
-        line["peak RSS MB"] = f"{float(pd.Series(mem).max()):.0f}" if len(mem) else "-"
+        runs = st.runs[st.runs["method"] == m] if not st.runs.empty else st.runs  # every run of the method
+        step = pd.to_numeric(runs["step_time_s"]).dropna() if len(runs) else []
+        mem = pd.to_numeric(runs["peak_rss_mb"]).dropna() if len(runs) else []
+        opt = pd.to_numeric(runs["optimizer_state_bytes"]).dropna() if len(runs) else []
+        line["step ms"] = f"{float(step.median()) * 1000:.0f}" if len(step) else "-"
+        line["optimizer state MB"] = f"{float(opt.median()) / 2**20:.1f}" if len(opt) else "-"
+        line["process peak RSS MB"] = f"{float(mem.max()):.0f}" if len(mem) else "-"
         lines.append(line)
     base = {"method": "majority class", "trainable": "0"}
     for t in st.tasks:
-        info = st.task_info[t]
         v = majority(st, t)
-        base[f"{TASK_LABELS.get(t, t)} {METRIC_LABELS.get(info['metric'], info['metric'])}"] = "-" if v is None else f"{v:.2f}"
+        base[_col(st, t)] = "-" if v is None else f"{v:.2f}"
     lines.append(base)
     return pd.DataFrame(lines).fillna("-")
 
@@ -202,8 +206,10 @@ def markdown(st: Study, command: str) -> str:
         f"(`{st.reference}`): ▲ significantly better, ▼ significantly worse, ≈ no significant difference "
         "(two-level paired bootstrap over seeds and examples of the reported split, 2,000 resamples, α = 0.05); "
         "the lr chosen on dev; #rank = 1 + the number of rows significantly better on that task (ties share a rank). "
-        "Scores x100. Trainable = method + task head. Step ms = median optimizer-step time over the method's runs "
-        "(2 jobs in parallel on 2 cores, 1 thread each); peak RSS = the largest process peak.",
+        "Scores x100. Trainable = method + task head. Step ms = the median, over all the method's runs, of each "
+        "run's median optimizer-step time; optimizer state MB = the optimizer's state tensors of one run (exact); "
+        "process peak RSS MB = the largest peak RSS of the processes that ran the method's runs (a process that ran "
+        "several jobs - a joblib worker - reports its peak so far, so this is an upper bound, not a per-run figure).",
         "",
         to_markdown(main_table(st)),
         "",

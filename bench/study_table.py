@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from bench import stats
+from bench import records, stats
 from bench.errors import BenchError
 from bench.predictions import decode_splits
 
@@ -131,10 +131,7 @@ def expected_runs(argv: list[str]) -> Study:
                 n = len(grid[method])
                 for seed in seeds:
                     for i in range(n):
-                        c = S.grid_config(config, seed, i)
-                        from bench import records
-
-                        h = records.config_hash(c)
+                        h = records.config_hash(S.grid_config(config, seed, i))
                         st.expected[h] = {"task": task, "method": method, "seed": seed, "lr_index": i,
                                           "lr": grid[method][i], "tune": seed in st.tune_seeds}
     return st
@@ -160,7 +157,8 @@ def match(st: Study, results: str | Path) -> None:
             "score": float(rec["main_score"]) * SCALE,
             "dev_score": sel.get("dev_score"), "chosen_on": sel.get("chosen_on"), "epoch": sel.get("epoch"),
             "trainable": p.get("trainable"), "trainable_method": p.get("trainable_method"), "total": p.get("total"),
-            "step_time_s": tr.get("step_time_median_s"), "peak_rss_mb": (rec.get("memory") or {}).get("peak_rss_mb"),
+            "step_time_s": tr.get("step_time_median_s"), "optimizer_state_bytes": tr.get("optimizer_state_bytes"),
+            "peak_rss_mb": (rec.get("memory") or {}).get("peak_rss_mb"),
             "wall_s": rec.get("wall_s"), "steps": tr.get("steps"),
             "pred": (preds.get(info["alias"]) or {}).get("pred"), "label": (preds.get(info["alias"]) or {}).get("label"),
             "label_fp": (preds.get(info["alias"]) or {}).get("label_fingerprint"),
@@ -190,21 +188,22 @@ def choose(st: Study) -> None:
             dev: dict[int, list[float]] = {}
             for _, r in tune.iterrows():
                 if r["dev_score"] is not None and not pd.isna(r["dev_score"]):
-                    dev.setdefault(int(r["lr_index"]), []).append(float(r["dev_score"]) * SCALE)
+                    dev.setdefault(int(r["lr_index"]), []).append(float(r["dev_score"]))  # raw, as the sweep chose
             complete = all(len(dev.get(i, [])) == len(st.tune_seeds) for i in range(n))
+            dev_means = {i: sum(v) / len(v) * SCALE for i, v in sorted(dev.items())}
             line: dict[str, Any] = {"task": task, "method": method, "tuning_complete": complete,
-                                    "dev_means": {st.grid[method][i]: sum(v) / len(v) for i, v in sorted(dev.items())}}
+                                    "dev_means": {st.grid[method][i]: m for i, m in dev_means.items()}}
             if complete:
                 idx = choose_index(dev)
                 rep = sub[sub["lr_index"] == idx]
                 mean, std, lo, hi = stats.t_interval(rep["score"].tolist())
-                line.update(lr_index=idx, lr=st.grid[method][idx], dev_mean=sum(dev[idx]) / len(dev[idx]),
+                line.update(lr_index=idx, lr=st.grid[method][idx], dev_mean=dev_means[idx],
                             n=len(rep), seeds=sorted(int(s) for s in rep["seed"]), mean=mean, std=std,
                             ci_low=lo, ci_high=hi,
                             trainable=_one(rep["trainable"]), trainable_method=_one(rep["trainable_method"]),
                             total=_one(rep["total"]),
                             step_time_ms=float(pd.to_numeric(sub["step_time_s"]).median() * 1000) if len(sub) else None,
-                            peak_rss_mb=float(pd.to_numeric(sub["peak_rss_mb"]).median()) if len(sub) else None)
+                            peak_rss_mb=float(pd.to_numeric(sub["peak_rss_mb"]).max()) if len(sub) else None)
             lines.append(line)
     st.cells = pd.DataFrame(lines)
 

@@ -3,7 +3,7 @@
 The adapter_config.json written by ``save_pretrained`` says ``"peft_type": "LORA_DASH"``, so
 ``PeftModel.from_pretrained`` rebuilds LoRA-Dash layers (with their U_s / V_s / d / switch state)
 instead of silently loading a plain LoRA and dropping the dash term. That needs a ``PeftType``
-member, which peft only ships for its built-in methods; :func:`lora_dash_peft_type` adds one.
+member, which peft only ships for its built-in methods; ``methods.peft_compat.peft_type`` adds one.
 """
 
 from __future__ import annotations
@@ -17,12 +17,7 @@ from methods.peft_compat import peft_type
 PEFT_TYPE_NAME = "LORA_DASH"
 
 
-def lora_dash_peft_type():
-    """The ``PeftType.LORA_DASH`` member (added to peft's enum by methods/peft_compat.py)."""
-    return peft_type(PEFT_TYPE_NAME)
-
-
-LORA_DASH = lora_dash_peft_type()
+LORA_DASH = peft_type(PEFT_TYPE_NAME)  # added to peft's enum by methods/peft_compat.py
 
 
 @dataclass

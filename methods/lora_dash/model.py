@@ -18,8 +18,8 @@ from torch import nn
 
 from methods.lora_dash.config import LoraDashConfig
 from methods.lora_dash.layer import DashLinear
-from methods.peft_compat import register_tuner
 from methods.lora_dash.svd import SvdCache, direction_change, select_directions
+from methods.peft_compat import register_tuner
 
 
 class LoraDashModel(LoraModel):
