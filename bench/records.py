@@ -90,7 +90,10 @@ def completed(path: Path, chash: str) -> bool:
 
 def git_info() -> dict:
     def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        # --no-optional-locks: `git status` must not take .git/index.lock (a run killed mid-call would leave a
+        # stale lock, and parallel jobs would make the user's own `git commit` fail)
+        return subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=10)
 
     try:
         head = git("rev-parse", "HEAD")
