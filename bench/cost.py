@@ -84,6 +84,22 @@ class CostCallback(TrainerCallback):
         self.train_end: float | None = None
         self._t = 0.0
         self.optimizer = None
+        self.prior_wall = 0.0  # training wall time of earlier segments of a resumed run
+        self.segments = 1
+
+    # a checkpoint keeps the curve and times so far; a resumed run continues them (bench/checkpoint.py)
+    def state_dict(self) -> dict:
+        now = time.perf_counter()
+        return {"step_times": list(self.step_times), "loss_curve": [list(x) for x in self.loss_curve],
+                "eval_seconds": self.eval_seconds, "segments": self.segments,
+                "train_wall_s": self.prior_wall + (now - self.train_start if self.train_start else 0.0)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.step_times = list(d["step_times"])
+        self.loss_curve = [(int(s), float(v)) for s, v in d["loss_curve"]]
+        self.eval_seconds = float(d["eval_seconds"])
+        self.prior_wall = float(d["train_wall_s"])
+        self.segments = int(d.get("segments", 1)) + 1
 
     def on_train_begin(self, args, state, control, **kw):
         self.train_start = time.perf_counter()
@@ -105,7 +121,7 @@ class CostCallback(TrainerCallback):
         self.train_end = time.perf_counter()
 
     def summary(self, samples_per_step: int) -> dict:
-        wall = (self.train_end or time.perf_counter()) - (self.train_start or self.run_start)
+        wall = self.prior_wall + (self.train_end or time.perf_counter()) - (self.train_start or self.run_start)
         steps = len(self.step_times)
         in_steps = sum(self.step_times)
         # skip the first steps (allocator / autotuning warm-up) for the median when there are enough
@@ -121,4 +137,5 @@ class CostCallback(TrainerCallback):
             "overhead_frac": round((wall - in_steps - self.eval_seconds) / wall, 4) if wall > 0 else None,
             "startup_s": round(self.first_step_at - self.startup_from, 3) if self.first_step_at else None,
             "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
+            **({"segments": self.segments} if self.segments > 1 else {}),
         }

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 # Keys that change where things are read or written, not what is computed.
-NON_SEMANTIC_KEYS = ("results_dir", "data_dir", "cache_dir", "force", "offline_fallback", "save_adapter", "tag")
-NON_SEMANTIC_TRAIN_KEYS = ("progress", "num_threads", "logging_steps", "eval_batch_size")
+NON_SEMANTIC_KEYS = ("results_dir", "data_dir", "cache_dir", "force", "offline_fallback", "save_adapter", "tag",
+                     "claim")
+# checkpointing changes nothing computed (a resumed run equals an uninterrupted one: tests/test_checkpoint.py)
+NON_SEMANTIC_TRAIN_KEYS = ("progress", "num_threads", "logging_steps", "eval_batch_size", "save_every", "save_keep",
+                           "keep_checkpoints")
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "hydra-core", "numpy", "scikit-learn", "scipy")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +39,12 @@ def record_path(results_dir: str | Path, cfg: dict, chash: str) -> Path:
     model = cfg["model"]["name"]
     name = f"{cfg['task']['name']}__{cfg['method']['name']}__{model}__seed{cfg['seed']}__{chash}.json"
     return Path(results_dir) / name
+
+
+def is_record_file(path: Path, root: str | Path) -> bool:
+    """Not a checkpoint's own JSON (under an artifact folder's checkpoints/) nor anything in a hidden folder."""
+    parts = Path(path).relative_to(root).parts[:-1]
+    return not any(p.startswith(".") or p == "checkpoints" or p.startswith("checkpoint-") for p in parts)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 import traceback
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -35,7 +36,7 @@ def problem_message(problems: list[str]) -> str:
 
 NUMERIC_TRAIN_KEYS = ("lr", "batch_size", "eval_batch_size", "grad_accum", "epochs", "max_steps", "warmup_steps",
                       "warmup_ratio", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon",
-                      "logging_steps")
+                      "logging_steps", "save_every", "save_keep")
 
 
 DEFAULT_HINTS = {"lr": "1e-4", "batch_size": 16, "eval_batch_size": 64, "grad_accum": 1, "epochs": 3, "max_steps": 200,
@@ -76,6 +77,19 @@ def validate_config(cfg: DictConfig) -> None:
         problems.append("train.selection=best needs train.eval_strategy=epoch (there is nothing to choose from)")
     if t.precision not in ("fp32", "bf16", "fp16"):
         problems.append(f"train.precision must be fp32 | bf16 | fp16 (got {t.precision!r})")
+    if t.get("save_every") is not None:
+        every, log = int(t.save_every), int(t.logging_steps)
+        if every < 1:
+            problems.append(f"train.save_every must be >= 1 optimizer steps or null (got {t.save_every})")
+        elif every % log:
+            # the Trainer's logged loss is a mean since the last log: a checkpoint between two logs would make the
+            # resumed run's next logged value a mean over fewer steps than the uninterrupted run's
+            problems.append(f"train.save_every={every} must be a multiple of train.logging_steps={log} "
+                            f"(e.g. train.save_every={max(log, every // log * log)})")
+        if int(t.get("save_keep") or 0) < 1:
+            problems.append(f"train.save_keep must be >= 1 (got {t.get('save_keep')}): the newest checkpoints kept")
+    if cfg.get("claim", "skip") not in ("skip", "wait", "off"):
+        problems.append(f"claim must be skip | wait | off (got {cfg.get('claim')!r})")
     for key in ("max_train_samples", "max_eval_samples"):
         v = cfg.data.get(key)
         if v is not None and int(v) < 1:
@@ -174,6 +188,30 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
             e.record_path = str(path)  # type: ignore[attr-defined]  (the sweep's summary names it)
         raise
 
+    from contextlib import ExitStack
+
+    from bench import claims
+
+    with ExitStack() as held:
+        if cfg.get("claim", "skip") != "off":
+            try:
+                stale = held.enter_context(claims.claim(path, wait=cfg.get("claim") == "wait"))
+            except claims.ClaimHeld as e:
+                print(f"[bench] skip: {e}")
+                return {"skipped": "claimed by another process", "claim": e.holder}
+            except claims.NoLocking as e:
+                raise BenchError(str(e)) from None
+            if not cfg.force and records.completed(path, chash):  # the holder we waited for finished it
+                print(f"[bench] skip: {path.name} was finished by another process while this one waited")
+                return {**(records.read_record(path) or {}), "skipped": "already done"}
+        else:
+            stale = None
+        record = _claimed_run(cfg, method, family, overrides, sweep, config, chash, path, lr_choice, run_start, stale)
+    _print_summary(record)
+    return record
+
+
+def _claimed_run(cfg, method, family, overrides, sweep, config, chash, path, lr_choice, run_start, stale) -> dict:
     record: dict[str, Any] = {
         "schema": 1,
         "status": "running",
@@ -191,12 +229,19 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
     }
     if lr_choice is not None:
         record["study"] = lr_choice
+    if stale:
+        record["claim_taken_over"] = stale
     try:
-        _train_and_evaluate(cfg, method, family, record, run_start, path.with_suffix(""))
+        _train_and_evaluate(cfg, method, family, record, run_start, path.with_suffix(""), chash)
         record["status"] = "ok"
     except BaseException as e:  # record the failure, then let the caller decide
-        record["status"] = "failed"
+        # a signal / Ctrl-C / submitit's requeue exit: not a failure of the run, which a rerun continues
+        record["status"] = "interrupted" if isinstance(e, (SystemExit, KeyboardInterrupt)) else "failed"
         record["error"] = f"{type(e).__name__}: {e}"
+        if record["status"] == "interrupted":
+            record["resume_hint"] = ("rerun the same command: it resumes from the newest checkpoint" if
+                                     cfg.train.get("save_every") else "rerun the same command (no train.save_every: "
+                                     "it starts again from step 0)")
         record["traceback"] = traceback.format_exc(limit=20)
         if isinstance(e, BenchError) and "params" not in record:
             # bad input found before training: nothing ran, so keep no record unless in a sweep
@@ -211,15 +256,15 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
         if record["status"] == "ok" or not record.get("failed_before_training") or sweep:
             records.write_json_atomic(path, record)
             record["path"] = str(path)
-    _print_summary(record)
     return record
 
 
-def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Path) -> None:
+def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Path, chash: str = "") -> None:
     import torch
     from transformers import set_seed
 
     from methods import MethodContext
+    from bench import checkpoint
     from bench.models import head_modules
 
     t = cfg.train
@@ -266,17 +311,38 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     cost = CostCallback(run_start)
     history: list[dict] = []
     history_preds: list = []  # per-example predictions of each evaluation (kept for the chosen one only)
-    callbacks = [cost, *method.callbacks(model, mcfg, ctx)]
+    method_callbacks = method.callbacks(model, mcfg, ctx)
+    callbacks = [cost, *method_callbacks]
+    epoch_eval = None
     if t.eval_strategy == "epoch":
-        callbacks.append(_EpochEval(family, data, tokenizer, history, cost, history_preds))
+        epoch_eval = _EpochEval(family, data, tokenizer, history, cost, history_preds)
+        callbacks.append(epoch_eval)
+    # what a checkpoint keeps beyond the Trainer's own state (bench/checkpoint.py)
+    parts = {"cost": cost, **({"epoch_eval": epoch_eval} if epoch_eval else {}),
+             **{f"method.{i}": cb for i, cb in enumerate(method_callbacks) if hasattr(cb, "state_dict")}}
+    harness = checkpoint.HarnessState(parts, chash, epoch_eval, steps_per_epoch=optimizer_steps(
+        len(train_ds), OmegaConf.create({**plain(t), "max_steps": None, "epochs": 1})))
+    callbacks.append(harness)
     train_cfg = plain(t)
     optimizer = method.create_optimizer(model, mcfg, ctx, train_cfg)
     # an optimizer that clips during its own step (ID3 in backward mode) takes train.max_grad_norm itself
     clips_itself = bool(getattr(optimizer, "handles_grad_clipping", False))
-    trainer = _make_trainer(cfg, model, train_ds, family.collator(tokenizer), callbacks, optimizer, artifact_dir,
+    ckpt_root = artifact_dir / "checkpoints"
+    trainer = _make_trainer(cfg, model, train_ds, family.collator(tokenizer), callbacks, optimizer, ckpt_root,
                             trainer_clips=not clips_itself)
-    trainer.train()
+    resume_from, skipped = checkpoint.find_resume(ckpt_root, chash)
+    if resume_from is not None:
+        blob = harness.restore(resume_from)
+        record["resume"] = {"from_step": blob["step"], "checkpoint": str(resume_from), "skipped": skipped,
+                            "train_wall_s_before": round(cost.prior_wall, 3)}
+        print(f"[bench] resuming from {resume_from} (optimizer step {blob['step']})")
+    elif skipped:
+        record["resume"] = {"from_step": 0, "checkpoint": None, "skipped": skipped}
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     cost_summary = cost.summary(int(t.batch_size) * int(t.grad_accum))
+    if t.get("save_every"):
+        cost_summary["checkpoints_saved"] = harness.saved
+        cost_summary["checkpoint_s"] = round(harness.seconds, 3)
 
     t0 = time.perf_counter()
     final = family.evaluate(model, data, tokenizer, out_dir=artifact_dir)
@@ -324,7 +390,10 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     if cfg.get("save_adapter"):
         method.save(model, mcfg, str(artifact_dir / "adapter"))
         record["adapter_path"] = str(artifact_dir / "adapter")
-    shutil.rmtree(artifact_dir / "trainer", ignore_errors=True)
+    if not t.get("keep_checkpoints"):
+        shutil.rmtree(ckpt_root, ignore_errors=True)  # the record is complete: the run needs no resume any more
+    elif ckpt_root.is_dir():
+        record["checkpoints"] = str(ckpt_root)
     try:
         artifact_dir.rmdir()  # only when nothing was kept there (no adapter, no predictions file)
     except OSError:
@@ -340,10 +409,39 @@ class _EpochEval(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, model=None, **kw):
         t0 = time.perf_counter()
-        metrics = self.family.evaluate(model, self.data, self.tokenizer)
+        with _rng_untouched():  # evaluating must not move training's random streams (same run with or without it,
+            metrics = self.family.evaluate(model, self.data, self.tokenizer)  # and a resume stays exact)
         self.cost.eval_seconds += time.perf_counter() - t0
         self.history.append({"epoch": state.epoch, "step": state.global_step, "metrics": metrics})
         self.history_preds.append(getattr(self.family, "last_predictions", None))
+
+    # kept in checkpoints: a resumed run still chooses among every epoch's evaluation
+    def state_dict(self) -> dict:
+        from bench.predictions import encode_splits
+
+        return {"history": self.history, "preds": [encode_splits(p) if p else None for p in self.history_preds]}
+
+    def load_state_dict(self, d: dict) -> None:
+        from bench.predictions import decode_splits
+
+        self.history[:] = d["history"]
+        self.history_preds[:] = [{a: {"pred": v["pred"], "label": v["label"]} for a, v in decode_splits(p).items()}
+                                 if p else None for p in d["preds"]]
+
+
+@contextmanager
+def _rng_untouched():
+    """Restore Python's, numpy's and torch's (CPU and CUDA) random states after the block."""
+    import random
+
+    import numpy as np
+    import torch
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        yield
+    random.setstate(py)
+    np.random.set_state(npy)
 
 
 def _enable_gradient_checkpointing(model) -> None:
@@ -355,14 +453,16 @@ def _enable_gradient_checkpointing(model) -> None:
     target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, artifact_dir: Path, trainer_clips=True):
+def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, output_dir: Path, trainer_clips=True):
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
+
+    from bench import checkpoint
 
     t = cfg.train
     warmup = float(t.warmup_steps) if float(t.warmup_steps) > 0 else float(t.warmup_ratio)
     args = TrainingArguments(
-        output_dir=str(artifact_dir / "trainer"),
+        output_dir=str(output_dir),
         per_device_train_batch_size=int(t.batch_size),
         per_device_eval_batch_size=int(t.eval_batch_size),
         gradient_accumulation_steps=int(t.grad_accum),
@@ -378,7 +478,9 @@ def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, artifact
         adam_epsilon=float(t.adam_epsilon),
         logging_steps=int(t.logging_steps),
         logging_first_step=True,
-        save_strategy="no",
+        save_strategy="steps" if t.get("save_every") else "no",
+        save_steps=int(t.save_every) if t.get("save_every") else 500,
+        save_total_limit=int(t.get("save_keep") or 2),
         eval_strategy="no",
         report_to="none",
         seed=int(cfg.seed),
@@ -392,7 +494,7 @@ def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, artifact
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
-    return Trainer(
+    return checkpoint.CheckpointTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,

@@ -62,7 +62,8 @@ def iter_records(results: str | Path):
         raise BenchError(f"no results at {results}; run the study first (python -m bench run -m experiment=...) "
                          "or point results_dir= at a folder or a records.jsonl.gz")
     files = [results] if results.is_file() else sorted(
-        [*results.rglob("*.json"), *results.rglob("*.json.gz"), *results.rglob("*.jsonl.gz")])
+        p for p in [*results.rglob("*.json"), *results.rglob("*.json.gz"), *results.rglob("*.jsonl.gz")]
+        if records.is_record_file(p, results))
     for path in files:
         try:
             if path.name.endswith(".jsonl.gz"):

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
+from bench import records
 from bench.errors import BenchError
 
 SCALE = 100.0  # the papers print scores x 100
@@ -46,6 +47,8 @@ def load_records(results_dir: str | Path) -> pd.DataFrame:
     """Every record under results_dir (recursively) as one row; unreadable files are listed, not dropped."""
     rows = []
     for path in sorted(Path(results_dir).rglob("*.json")):
+        if not records.is_record_file(path, results_dir):
+            continue
         try:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
