@@ -61,18 +61,25 @@ def claim(record: Path, wait: bool = False) -> Iterator[Optional[dict]]:
     from filelock import FileLock, Timeout
 
     lock_path, info_path = claim_paths(record)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
     # preserve_lock_file: never fall back to an existence-file lock, which a killed process would leave behind
     lock = FileLock(str(lock_path), mode=0o666 & ~_umask(), preserve_lock_file=True)
     try:
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            held = ClaimHeld(_read(info_path), record)
-            if not wait:
-                raise held from None
-            print(f"[bench] waiting: {str(held).split(';')[0]}", flush=True)
-            lock.acquire(timeout=-1)
+        blocking, attempts = False, 0
+        while True:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                lock.acquire(timeout=-1 if blocking else 0)
+                break
+            except FileNotFoundError:  # a finishing holder removed the empty claims folder just now: again
+                attempts += 1
+                if attempts > 20:
+                    raise
+            except Timeout:
+                held = ClaimHeld(_read(info_path), record)
+                if not wait:
+                    raise held from None
+                print(f"[bench] waiting: {str(held).split(';')[0]}", flush=True)
+                blocking = True
     except (NotImplementedError, OSError) as e:
         if isinstance(e, Timeout):
             raise
@@ -91,11 +98,18 @@ def claim(record: Path, wait: bool = False) -> Iterator[Optional[dict]]:
         os.replace(tmp, info_path)
         yield stale
     finally:
-        try:
-            info_path.unlink()
-        except FileNotFoundError:
-            pass
+        # unlinked while still held: a waiter that opened the old file sees it unlinked after its flock and
+        # retries on a new one (filelock checks st_nlink), so removing it never lets two processes in
+        for p in (info_path, lock_path):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
         lock.release()
+        try:
+            lock_path.parent.rmdir()  # only when no other claim is in it
+        except OSError:
+            pass
 
 
 def _umask() -> int:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -162,3 +163,35 @@ def test_two_concurrent_processes_train_a_config_once(mode, tmp_path, glue_dir):
     skipped = [s for s in stdout if "[bench] skip:" in s]
     assert len(skipped) == 1, stdout
     assert len(list(tmp_path.glob("*.json"))) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# preemption through submitit: USR2 -> the job requeues itself -> the requeued job resumes
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_submitit_local_job_preempted_by_usr2_requeues_and_resumes(tmp_path, glue_dir):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    job = [*BASE, "method=full", "train.max_steps=300", "train.logging_steps=10", f"data_dir={glue_dir}"]
+    ref = run_cli(["run", *job, f"results_dir={tmp_path}/ref"])
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    cmd = [sys.executable, "-m", "bench", "run", "-m", "launcher=submitit_local", *job, "train.save_every=10",
+           f"results_dir={tmp_path}/runs", f"hydra.sweep.dir={tmp_path}/sweep"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    sweep = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((tmp_path / "runs").glob("*/checkpoints/*/bench-checkpoint.json")):
+            time.sleep(0.05)
+        claim = next((tmp_path / "runs" / ".claims").glob("*.claim.json"))
+        pid = json.loads(claim.read_text())["pid"]  # the submitit task's process, which trains
+        os.kill(pid, signal.SIGUSR2)  # submitit's preemption / timeout signal
+        out, err = sweep.communicate(timeout=600)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, err[-3000:]
+    rec = _record(tmp_path / "runs")
+    assert rec["status"] == "ok" and rec["resume"]["from_step"] >= 10 and rec["train"]["segments"] == 2
+    _same_result(_record(tmp_path / "ref"), rec)
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep").glob(".submitit/*/*_log.*"))
+    assert "Requeued job" in logs or "requeue" in logs.lower()

@@ -75,7 +75,7 @@ def test_launcher_files_override_hydra_launcher_globally():
 def stub_training(monkeypatch):
     calls = []
 
-    def fake(cfg, method, family, record, run_start, artifact_dir):
+    def fake(cfg, method, family, record, run_start, artifact_dir, chash=None):
         calls.append(int(cfg.seed))
         if float(cfg.train.weight_decay) == 0.5:  # the injected failure
             raise RuntimeError("injected failure")
