@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import time
@@ -137,7 +137,7 @@ def checkpoints(root: Path) -> list[tuple[int, Path]]:
 def find_resume(root: Path, config_hash: str) -> tuple[Optional[Path], list[dict]]:
     """The newest valid checkpoint and what was wrong with the newer ones (which are then removed, so the
     resumed run can write those steps again)."""
-    skipped = []
+    skipped, chosen = [], None
     for step, folder in checkpoints(root):
         try:
             check(folder, config_hash)
@@ -145,12 +145,11 @@ def find_resume(root: Path, config_hash: str) -> tuple[Optional[Path], list[dict
             skipped.append({"checkpoint": str(folder), "step": step, "why": str(e)})
             print(f"[bench] checkpoint {folder.name} skipped: {e}")
             continue
-        for s in skipped:
-            shutil.rmtree(s["checkpoint"], ignore_errors=True)
-        return folder, skipped
+        chosen = folder
+        break
     for s in skipped:
         shutil.rmtree(s["checkpoint"], ignore_errors=True)
-    return None, skipped
+    return chosen, skipped
 
 
 # ------------------------------------------------------------------------------------------------

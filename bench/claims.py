@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
+from bench import records
+
 CLAIMS_DIR = ".claims"
 
 
@@ -62,7 +64,7 @@ def claim(record: Path, wait: bool = False) -> Iterator[Optional[dict]]:
 
     lock_path, info_path = claim_paths(record)
     # preserve_lock_file: never fall back to an existence-file lock, which a killed process would leave behind
-    lock = FileLock(str(lock_path), mode=0o666 & ~_umask(), preserve_lock_file=True)
+    lock = FileLock(str(lock_path), mode=0o666 & ~records._umask(), preserve_lock_file=True)
     try:
         blocking, attempts = False, 0
         while True:
@@ -80,9 +82,7 @@ def claim(record: Path, wait: bool = False) -> Iterator[Optional[dict]]:
                     raise held from None
                 print(f"[bench] waiting: {str(held).split(';')[0]}", flush=True)
                 blocking = True
-    except (NotImplementedError, OSError) as e:
-        if isinstance(e, Timeout):
-            raise
+    except (NotImplementedError, OSError) as e:  # flock refused (Timeout never gets here: it is handled above)
         raise NoLocking(f"the results folder {record.parent} cannot lock files ({e}); claims cannot keep two "
                         "processes apart there: give each process its own results_dir and set claim=off") from None
     try:
@@ -110,9 +110,3 @@ def claim(record: Path, wait: bool = False) -> Iterator[Optional[dict]]:
             lock_path.parent.rmdir()  # only when no other claim is in it
         except OSError:
             pass
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -123,11 +123,14 @@ def check_results_dir(results_dir) -> None:
                          "choose a writable results_dir=<folder> or fix its permissions") from None
 
 
+def steps_per_epoch(n_train: int, t: DictConfig) -> int:
+    return max(1, math.ceil(math.ceil(n_train / int(t.batch_size)) / int(t.grad_accum)))
+
+
 def optimizer_steps(n_train: int, t: DictConfig) -> int:
     if t.max_steps is not None:
         return int(t.max_steps)
-    per_epoch = max(1, math.ceil(math.ceil(n_train / int(t.batch_size)) / int(t.grad_accum)))
-    return int(math.ceil(per_epoch * float(t.epochs)))
+    return int(math.ceil(steps_per_epoch(n_train, t) * float(t.epochs)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -320,8 +323,7 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     # what a checkpoint keeps beyond the Trainer's own state (bench/checkpoint.py)
     parts = {"cost": cost, **({"epoch_eval": epoch_eval} if epoch_eval else {}),
              **{f"method.{i}": cb for i, cb in enumerate(method_callbacks) if hasattr(cb, "state_dict")}}
-    harness = checkpoint.HarnessState(parts, chash, epoch_eval, steps_per_epoch=optimizer_steps(
-        len(train_ds), OmegaConf.create({**plain(t), "max_steps": None, "epochs": 1})))
+    harness = checkpoint.HarnessState(parts, chash, epoch_eval, steps_per_epoch=steps_per_epoch(len(train_ds), t))
     callbacks.append(harness)
     train_cfg = plain(t)
     optimizer = method.create_optimizer(model, mcfg, ctx, train_cfg)
@@ -438,10 +440,12 @@ def _rng_untouched():
     import torch
 
     py, npy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
-        yield
-    random.setstate(py)
-    np.random.set_state(npy)
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
 
 
 def _enable_gradient_checkpointing(model) -> None:

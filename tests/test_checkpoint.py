@@ -119,7 +119,6 @@ with claim(Path({record!r})):
 
 
 def _record_name(tmp_path, glue_dir, args):
-    sys.path.insert(0, str(ROOT))
     from conftest import compose_cfg
     from bench import records, runner
 
