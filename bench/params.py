@@ -6,13 +6,7 @@ from typing import Iterable, Optional
 
 from torch import nn
 
-
-def _is_head(name: str, head_modules: Iterable[str]) -> bool:
-    dotted = "." + name
-    for h in head_modules:
-        if name.startswith(h + ".") or f".{h}." in dotted:
-            return True
-    return False
+from methods.base import is_head
 
 
 def _unique(model: nn.Module):
@@ -45,7 +39,7 @@ def count_parameters(
         n = p.numel()
         total += n
         if p.requires_grad:
-            if _is_head(name, head_modules):
+            if is_head(name, head_modules):
                 trainable_head += n
             else:
                 trainable_method += n

@@ -17,7 +17,7 @@ Nothing in ``methods/`` imports from ``bench/``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -89,11 +89,19 @@ class Method:
             save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, f"{path}/model.safetensors")
 
 
+def is_head(name: str, head_modules: Iterable[str]) -> bool:
+    """Whether the parameter (or module) ``name`` lies in one of the task head's modules (MethodContext.head_modules,
+    e.g. "classifier" or "qa_outputs"): the module itself, under it, or under it below a wrapper's prefix
+    ("base_model.model.classifier.weight"). The one test of "head" for the methods and the parameter counts."""
+    dotted = "." + name
+    return any(name == h or name.startswith(h + ".") or f".{h}." in dotted for h in head_modules)
+
+
 def set_head_trainable(model: nn.Module, head_modules: list[str], trainable: bool = True) -> list[str]:
     """Set requires_grad on every parameter under the named head modules; returns the names touched."""
     touched = []
     for name, p in model.named_parameters():
-        if any(name == h or name.startswith(h + ".") or f".{h}." in f".{name}" for h in head_modules):
+        if is_head(name, head_modules):
             p.requires_grad_(trainable)
             touched.append(name)
     return touched

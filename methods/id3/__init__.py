@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional
 from torch import nn
 
 from methods.base import Method, MethodConfigError, MethodContext
+from methods.base import is_head as _is_head
 from methods.registry import available, get_method, register
 
 from .optimizer import SCHEDULES, ID3Optimizer
@@ -67,11 +68,6 @@ def resolve_budget(budget, entries: int) -> int:
             f"choose method.budget <= {entries} (or a fraction such as 0.01), or method.budget=all to train every entry"
         )
     return b
-
-
-def _is_head(name: str, head_modules) -> bool:
-    dotted = "." + name
-    return any(name == h or name.startswith(h + ".") or f".{h}." in dotted for h in head_modules)
 
 
 def _unique_named_parameters(model: nn.Module):
