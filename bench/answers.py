@@ -1,11 +1,16 @@
-"""Answer extraction and checking for generated reasoning outputs.
+"""Answers of the reasoning tasks: parsing numbers and options, and the extraction rules written in Python.
 
-Three kinds of answers (a task's ``answer_kind``):
+The tasks themselves read outputs through the filters their YAML declares (bench/tasks/filters.py) and build
+prompts through jinja2 templates (bench/tasks/templates.py) that use the helpers here: ``parse_number``,
+``gsm8k_gold``, ``strip_calculator_annotations``, ``aqua_options``, ``labels_from_instruction``.
+
+``check`` and the ``extract_*`` functions are the built-in tasks' rules written out in Python, the reference
+the YAML filters are tested against (tests/test_reasoning.py: both give the same prediction on every example):
 
 - ``number``: GSM8K, GSM-symbolic and the LLM-Adapters math sets. Gold: the number after '####'
   (GSM8K) or the dataset's answer field. Prediction: the number after the model's own '####' or
   'the answer is' marker when it wrote one, else the last number in the output. Numbers are
-  compared with a tolerance (LLM-Adapters: |pred - gold| <= 0.001).
+  compared with a tolerance (LLM-Adapters: |pred - gold| <= 0.001). Strict: only a number after '####'.
 - ``letter``: AQuA (options A-E). Prediction: the letter after 'answer is' / '####', else the last
   '(X)', else a bare letter ending the output; when the model wrote a number instead, the option whose value equals
   it (the GSM8K-trained model answers with numbers).
@@ -152,7 +157,7 @@ def check(kind: str, output: str, gold: str, *, labels: Optional[Sequence[str]] 
         pred = extract_number(output)
         strict = extract_number_strict(output)
         return {
-            "pred": None if pred is None else _fmt(pred),
+            "pred": None if pred is None else format_number(pred),
             "correct": numbers_match(pred, gold_value, abs_tol=abs_tol),
             "correct_strict": numbers_match(strict, gold_value, abs_tol=abs_tol),
         }
@@ -165,5 +170,13 @@ def check(kind: str, output: str, gold: str, *, labels: Optional[Sequence[str]] 
     raise ValueError(f"unknown answer kind {kind!r} (number | letter | label)")
 
 
-def _fmt(x: float) -> str:
+def format_number(x: float) -> str:
+    """15.0 -> '15'; 1.5 -> '1.5' (how a numeric prediction is written in the predictions file)."""
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def json_options(text: Optional[str]) -> dict[str, str]:
+    """The options column of a normalised row (JSON of {letter: option text}, or empty) as a dict."""
+    import json
+
+    return json.loads(text) if text else {}

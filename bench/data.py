@@ -228,6 +228,17 @@ def load_task_data(cfg: Any, required_columns: list[str], stratify_field: Option
         evals[alias] = ds
         info["sources"][f"eval:{alias}"] = source
 
+    return assemble(cfg, train, evals, info, stratify_field)
+
+
+def assemble(cfg: Any, train, evals: dict, info: dict, stratify_field: Optional[str] = None) -> TaskData:
+    """Loaded train / eval splits -> TaskData: the dev carve, the seeded subsamples and their record in info.
+
+    Every task family ends its loading here (also those that generate their data or train on another
+    dataset), so data.dev_from_train, data.max_*_samples and the sizes in the record mean the same everywhere.
+    """
+    task, dcfg = cfg.task, cfg.data
+    eval_splits = dict(task.eval_splits)
     seed = int(dcfg.subsample_seed)
     dev_spec = dcfg.get("dev_from_train")
     dev = None

