@@ -19,6 +19,7 @@ commands:
   params   trainable / total parameters without weights:          python -m bench params model=roberta-base method=lora,propulsion
   perf     time / memory of methods side by side:                  python -m bench perf method=full,lora,ia3
   plot     PNG figures from the records:                           python -m bench plot
+  report   one self-contained HTML page (tables, Pareto view, runs): python -m bench report [experiment=<name>]
 
 Config groups (conf/): method, task, model, train, experiment. Any key can be overridden: train.lr=1e-4,
 method.r=16, data.max_train_samples=500, data_dir=../shared/data (or BENCH_DATA_DIR), results_dir=...
@@ -124,6 +125,7 @@ COMMANDS = {
     "params": _simple("bench.paramtable"),
     "perf": _simple("bench.perf"),
     "plot": _simple("bench.plot"),
+    "report": _simple("bench.report"),
 }
 
 

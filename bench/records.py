@@ -17,7 +17,7 @@ NON_SEMANTIC_KEYS = ("results_dir", "data_dir", "cache_dir", "force", "offline_f
                      "claim")
 # checkpointing changes nothing computed (a resumed run equals an uninterrupted one: tests/test_checkpoint.py)
 NON_SEMANTIC_TRAIN_KEYS = ("progress", "num_threads", "logging_steps", "eval_batch_size", "save_every", "save_keep",
-                           "keep_checkpoints")
+                           "keep_checkpoints", "report_to")  # report_to: where the Trainer also logs
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "hydra-core", "numpy", "scikit-learn", "scipy")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -88,6 +88,9 @@ def validate_config(cfg: DictConfig) -> None:
                             f"(e.g. train.save_every={max(log, every // log * log)})")
         if int(t.get("save_keep") or 0) < 1:
             problems.append(f"train.save_keep must be >= 1 (got {t.get('save_keep')}): the newest checkpoints kept")
+    from bench.report import trackers
+
+    problems += trackers.problems(t.get("report_to"))  # train.report_to: a known tracker whose package is installed
     if cfg.get("claim", "skip") not in ("skip", "wait", "off"):
         problems.append(f"claim must be skip | wait | off (got {cfg.get('claim')!r})")
     for key in ("max_train_samples", "max_eval_samples"):
@@ -332,6 +335,10 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     ckpt_root = artifact_dir / "checkpoints"
     trainer = _make_trainer(cfg, model, train_ds, family.collator(tokenizer), callbacks, optimizer, ckpt_root,
                             trainer_clips=not clips_itself)
+    from bench.report import trackers
+
+    if trackers.where(trainer):  # train.report_to: where the Trainer's tracker writes
+        record["logging"] = trackers.where(trainer)
     resume_from, skipped = checkpoint.find_resume(ckpt_root, chash)
     if resume_from is not None:
         blob = harness.restore(resume_from)
@@ -462,6 +469,7 @@ def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, output_d
     from transformers import TrainingArguments
 
     from bench import checkpoint
+    from bench.report import trackers
 
     t = cfg.train
     warmup = float(t.warmup_steps) if float(t.warmup_steps) > 0 else float(t.warmup_ratio)
@@ -486,7 +494,7 @@ def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, output_d
         save_steps=int(t.save_every) if t.get("save_every") else 500,
         save_total_limit=int(t.get("save_keep") or 2),
         eval_strategy="no",
-        report_to="none",
+        **trackers.trainer_args(cfg, output_dir),  # train.report_to (bench/report/trackers.py)
         seed=int(cfg.seed),
         data_seed=int(cfg.seed),
         disable_tqdm=not t.progress,
@@ -498,7 +506,7 @@ def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, output_d
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
-    return checkpoint.CheckpointTrainer(
+    trainer = checkpoint.CheckpointTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -506,6 +514,8 @@ def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, output_d
         callbacks=callbacks,
         optimizers=(optimizer, None) if optimizer is not None else (None, None),
     )
+    trackers.attach(trainer, output_dir)
+    return trainer
 
 
 def _print_summary(record: dict) -> None:
