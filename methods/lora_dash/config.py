@@ -1,6 +1,7 @@
 """LoraDashConfig: peft's LoraConfig plus the two LoRA-Dash knobs, under its own peft type.
 
-The adapter_config.json written by ``save_pretrained`` says ``"peft_type": "LORA_DASH"``, so
+The adapter_config.json written by ``save_pretrained`` says ``"peft_type": "LORA_DASH (...)"`` (what to
+import to load it, methods/peft_compat.py), so
 ``PeftModel.from_pretrained`` rebuilds LoRA-Dash layers (with their U_s / V_s / d / switch state)
 instead of silently loading a plain LoRA and dropping the dash term. That needs a ``PeftType``
 member, which peft only ships for its built-in methods; ``methods.peft_compat.peft_type`` adds one.
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 
 from peft import LoraConfig
 
-from methods.peft_compat import peft_type
+from methods.peft_compat import SavesImportHint, peft_type
 
 PEFT_TYPE_NAME = "LORA_DASH"
 
@@ -21,7 +22,7 @@ LORA_DASH = peft_type(PEFT_TYPE_NAME)  # added to peft's enum by methods/peft_co
 
 
 @dataclass
-class LoraDashConfig(LoraConfig):
+class LoraDashConfig(SavesImportHint, LoraConfig):
     """LoRA-Dash (Si et al., arXiv 2409.01035): LoRA for ``dash_t`` optimizer steps, then per adapted
     matrix the ``dash_s`` singular directions of the frozen W that the LoRA update changed most
     (|u_i^T dW v_i| / s_i) get one trainable scale each: y = W x + (alpha/r) B A x + U_s diag(d) V_s^T x.

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from peft.config import PeftConfig
-from methods.peft_compat import peft_type
+from methods.peft_compat import SavesImportHint, peft_type
 
 PEFT_TYPE_NAME = "PROPULSION"
 
@@ -50,7 +50,7 @@ def paper_train_head(task_name: str) -> bool:
 
 
 @dataclass
-class PropulsionConfig(PeftConfig):
+class PropulsionConfig(SavesImportHint, PeftConfig):
     """Configuration of a :class:`PropulsionModel`.
 
     Every targeted frozen layer computes ``y = (W x + b) * z**k`` with a trainable vector ``z`` (one entry per
