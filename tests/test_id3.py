@@ -8,7 +8,7 @@ from torch import nn
 
 from methods.base import Method, MethodConfigError, MethodContext
 from methods.id3 import ID3Optimizer, apply_delta, read_metadata, resolve_budget
-from methods.id3 import optimizer as id3_optimizer
+from methods.id3 import in_backward as id3_in_backward
 from methods.id3 import select as id3_select
 from methods.registry import available, get_method, register
 
@@ -105,7 +105,7 @@ def test_det_topk_breaks_ties_by_position():
 def test_chunked_streaming_selection_matches_brute_force(monkeypatch, skip_by_bound):
     """Small CHUNK / SAMPLE force the multi-chunk, sampled-threshold and floor paths; the result must not change."""
     monkeypatch.setattr(ID3Optimizer, "skip_by_bound", skip_by_bound)
-    monkeypatch.setattr(id3_optimizer, "CHUNK", 64)
+    monkeypatch.setattr(id3_select, "CHUNK", 64)
     monkeypatch.setattr(id3_select, "SAMPLE", 8)
     g = torch.Generator().manual_seed(3)
     params = [nn.Parameter(torch.randn(n, generator=g)) for n in (300, 5, 129, 64)]
@@ -133,9 +133,69 @@ def test_chunked_streaming_selection_matches_brute_force(monkeypatch, skip_by_bo
     assert not (set(flat) & taken)
 
 
+def test_batched_selection_matches_brute_force_and_the_chunked_path(monkeypatch):
+    """The GPU path (one flat score vector, one global top-k; forced here on CPU) selects exactly what the chunked
+    path and the brute-force order select: ties across tensors, masked entries, exp != 0; a NaN gradient as 0."""
+    monkeypatch.setattr(id3_select, "CHUNK", 64)
+    monkeypatch.setattr(id3_select, "SAMPLE", 8)
+    g = torch.Generator().manual_seed(3)
+    params = [nn.Parameter(torch.randn(n, generator=g)) for n in (300, 5, 129, 64)]
+    for p in params:
+        p.grad = torch.randint(-3, 4, (p.numel(),), generator=g).float()
+    params[2].grad[10:100] = 0.0
+    for exp in (0.0, 1.0, 2.0):
+        for k in (1, 7, 40, 300, 498):
+            picks = []
+            for batched in (False, True):
+                monkeypatch.setattr(ID3Optimizer, "batched", batched)
+                opt = ID3Optimizer(params, budget=498, T=1, free_grads=False, score_exp=exp)
+                picks.append([idx.tolist() for idx in opt._select(k, exclude_selected=False)])
+            assert picks[0] == picks[1], (exp, k)
+            if exp == 0.0:
+                flat = [j + opt._offsets[i] for i, idx in enumerate(picks[1]) for j in idx]
+                assert flat == _brute_topk([torch.nan_to_num(p.grad.abs()) for p in params], k)
+    # a NaN gradient counts as 0 (select.det_topk's rule): it neither wins nor leaves the budget short
+    monkeypatch.setattr(ID3Optimizer, "batched", True)
+    params[0].grad[7] = float("nan")
+    for k in (1, 300, 498):
+        got = ID3Optimizer(params, budget=498, T=1, free_grads=False)._select(k, exclude_selected=False)
+        flat = [j + opt._offsets[i] for i, idx in enumerate(got) for j in idx.tolist()]
+        assert flat == _brute_topk([torch.nan_to_num(p.grad.abs()) for p in params], k)
+    params[0].grad[7] = 1.0
+    # growth over steps: the kept mask positions exclude what was taken, as the per-tensor idx does
+    masks = []
+    for batched in (False, True):
+        monkeypatch.setattr(ID3Optimizer, "batched", batched)
+        opt = ID3Optimizer(params, budget=400, T=4, free_grads=False)
+        for _ in range(4):
+            opt._grow(opt.increment(opt.steps))
+            opt.steps += 1
+        masks.append([opt.selected_indices(p).tolist() for p in params])
+        assert opt.unmasked_count() == 400
+    assert masks[0] == masks[1]
+
+
+@pytest.mark.parametrize("schedule", ["incremental", "dynamic"])
+def test_batched_path_trains_bert_as_the_chunked_path(tiny_bert, monkeypatch, schedule):
+    monkeypatch.setattr(id3_select, "CHUNK", 1 << 12)  # several chunks on the tiny model
+    runs = []
+    for batched in (False, True):
+        monkeypatch.setattr(ID3Optimizer, "batched", batched)
+        model = copy.deepcopy(tiny_bert)
+        method = get_method("id3")
+        cfg = _id3_cfg(budget=500, T=3, schedule=schedule, exp=1)
+        model = method.apply(model, cfg, _ctx(3))
+        opt = method.create_optimizer(model, cfg, _ctx(3), TRAIN_CFG)
+        _train(model, opt, 4)
+        runs.append((_selected(opt, model), {n: p.detach().clone() for n, p in model.named_parameters()}))
+    (sel_a, w_a), (sel_b, w_b) = runs
+    assert sel_a.keys() == sel_b.keys() and all(torch.equal(sel_a[n], sel_b[n]) for n in sel_a)
+    assert all(torch.equal(w_a[n], w_b[n]) for n in w_a)
+
+
 def test_chunks_visited_by_largest_gradient_skip_unread_and_select_the_same(monkeypatch):
     """exp = 0: chunks go in decreasing max |g|; those below the k-th best are never scored; ties still by position."""
-    monkeypatch.setattr(id3_optimizer, "CHUNK", 32)
+    monkeypatch.setattr(id3_select, "CHUNK", 32)
     monkeypatch.setattr(id3_select, "SAMPLE", 8)
     g = torch.Generator().manual_seed(5)
     scales = (0.01, 1.0, 0.01, 0.5, 1.0, 0.001)  # small-gradient tensors first and between the large ones
@@ -558,10 +618,10 @@ def test_in_backward_selects_and_trains_as_the_step_mode(monkeypatch, schedule, 
     """Selection during backward (several chunks per tensor, bound skipping on; small tensors staged and scored in
     batches, several flushes) = selection in step(); the weights agree exactly without clipping, and to float
     rounding of the global norm with it (clip 0.05 always bites)."""
-    monkeypatch.setattr(id3_optimizer, "CHUNK", 500)
+    monkeypatch.setattr(id3_select, "CHUNK", 500)
     monkeypatch.setattr(id3_select, "SAMPLE", 16)
-    monkeypatch.setattr(id3_optimizer, "STAGE_SMALL", small)
-    monkeypatch.setattr(id3_optimizer, "STAGE_FLUSH", 700)
+    monkeypatch.setattr(id3_in_backward, "STAGE_SMALL", small)
+    monkeypatch.setattr(id3_in_backward, "STAGE_FLUSH", 700)
     a, oa = _bert_pair_run(False, schedule, exp, clip)
     b, ob = _bert_pair_run(True, schedule, exp, clip)
     for p, q in zip(oa.selective_params, ob.selective_params):
@@ -579,10 +639,10 @@ def test_in_backward_ties_in_any_hook_order_match_brute_force(monkeypatch, order
     """Gradients arrive in backward order, not position order; with heavy ties (also at the k-th score, across
     tensors, chunks and staged batches of small tensors) the selection is still the global top-k by (score,
     position)."""
-    monkeypatch.setattr(id3_optimizer, "CHUNK", 64)
+    monkeypatch.setattr(id3_select, "CHUNK", 64)
     monkeypatch.setattr(id3_select, "SAMPLE", 8)
-    monkeypatch.setattr(id3_optimizer, "STAGE_SMALL", small)
-    monkeypatch.setattr(id3_optimizer, "STAGE_FLUSH", flush)
+    monkeypatch.setattr(id3_in_backward, "STAGE_SMALL", small)
+    monkeypatch.setattr(id3_in_backward, "STAGE_FLUSH", flush)
     g = torch.Generator().manual_seed(3)
     sizes = (300, 5, 129, 64, 90)
     grads = [torch.randint(-3, 4, (n,), generator=g).float() * sc for n, sc in zip(sizes, (1, 1, 0.5, 1, 0.01))]

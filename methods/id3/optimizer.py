@@ -20,17 +20,10 @@ Semantics (per optimizer step t = 0, 1, ...):
 
 State per selective tensor: ``idx`` (flat indices of selected entries, int64), ``exp_avg``, ``exp_avg_sq`` (one
 value per selected entry): optimizer memory is O(B), not O(model). Scoring reuses two scratch buffers of
-``select.CHUNK`` entries and never concatenates the scores of the model.
+``select.CHUNK`` entries and never concatenates the scores of the model (on CPU; on a GPU the scores go into one
+flat vector and one global top-k, see methods/id3/scoring.py).
 
-``in_backward=True`` moves the selection into the backward pass: as soon as a selective tensor's gradient is
-accumulated, a hook offers its best still-masked entries (score, position and gradient value) to the running global
-top-k, keeps the gradient at its already-selected entries, adds its squared norm to the clipping total, and drops
-the gradient. The model's gradients are then never all held at once: besides O(B) state the optimizer keeps one
-tensor's gradient at a time. ``step()`` finishes the selection, clips (``max_grad_norm``, torch's
-``clip_grad_norm_`` formula over the selective and the dense gradients together: the harness must not clip too,
-see ``handles_grad_clipping``) and updates. It needs exactly one backward per step (no gradient accumulation, no
-fp16 loss scaling). Scores are ranked before clipping, which scales every score by the same factor, so the
-selection is the standard mode's except where that scaling rounds two different scores to one value.
+``in_backward=True`` selects during the backward pass instead (methods/id3/in_backward.py).
 """
 
 from __future__ import annotations
@@ -41,15 +34,13 @@ from typing import Iterable, Optional
 import torch
 from torch.optim import Optimizer
 
-from .select import CHUNK, MASKED, StreamingTopK, chunk_top, just_below
+from .in_backward import InBackwardMixin, _BackwardStep
+from .scoring import SelectionMixin
 
 SCHEDULES = ("incremental", "static", "dynamic")
-#: in_backward: tensors of at most this many entries are staged and scored together, STAGE_FLUSH entries at a time
-STAGE_SMALL = 1 << 12
-STAGE_FLUSH = 1 << 16
 
 
-class ID3Optimizer(Optimizer):
+class ID3Optimizer(SelectionMixin, InBackwardMixin, Optimizer):
     """AdamW restricted to a budget of ``budget`` scalar entries selected incrementally (ID3, arXiv 2408.14470).
 
     Args:
@@ -66,9 +57,6 @@ class ID3Optimizer(Optimizer):
         max_grad_norm: with ``in_backward``, clip the global gradient norm to this (0 = no clipping).
     """
 
-    #: visit chunks by decreasing max |g| and skip those that cannot enter (exp = 0); None = on CPU tensors only.
-    #: The selection is the same either way.
-    skip_by_bound: Optional[bool] = None
 
     def __init__(
         self,
@@ -131,28 +119,12 @@ class ID3Optimizer(Optimizer):
         self._bw: Optional[_BackwardStep] = None
         self._positions: dict[int, torch.Tensor] = {}  # small tensors: their global positions (for staged scoring)
         self._hooks = []
+        self._pos_cache: Optional[torch.Tensor] = None  # batched: global positions of the mask (see _mask_positions)
+        self._selected_pos: Optional[torch.Tensor] = None  # batched: global positions the last _select chose
+        self._flat: Optional[torch.Tensor] = None  # batched: the flat score vector
         if self.in_backward:
-            for i, p in enumerate(self.selective_params):
-                old = getattr(p, "_id3_grad_hook", None)
-                if old is not None:  # an earlier in-backward ID3 optimizer of this tensor: this one replaces it
-                    old.remove()
-                p._id3_grad_hook = p.register_post_accumulate_grad_hook(self._grad_hook(i))
-                self._hooks.append(p._id3_grad_hook)
+            self._install_hooks()
 
-    @property
-    def handles_grad_clipping(self) -> bool:
-        """True when this optimizer clips the gradients itself (in_backward): the training loop must not."""
-        return self.in_backward
-
-    def remove_hooks(self) -> None:
-        """Detach the in-backward hooks from the parameters: their gradients are plain gradients again."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-        for p in self.selective_params:
-            if hasattr(p, "_id3_grad_hook"):
-                del p._id3_grad_hook
-        self._bw = None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Also forgets what the in-backward hooks gathered since the last step (a skipped step starts afresh)."""
@@ -216,153 +188,13 @@ class ID3Optimizer(Optimizer):
                             dense += v.numel()
         return {"selective": sel, "dense": dense}
 
-    # ------------------------------------------------------------------ scoring / selection
-    def _chunks(self) -> list:
-        """The global position space cut into chunks of <= CHUNK entries, each of one (device, dtype).
-
-        A chunk is (start, end, segments); a segment (i, s, e, at) puts entries [s, e) of selective tensor i at
-        offset ``at`` of the chunk. Small tensors share a chunk, so a step runs a few dozen large ops instead of a
-        dozen small ops per tensor (which matters most on a busy CPU).
-        """
-        key = CHUNK
-        if self._chunk_plan is not None and self._chunk_plan[0] == key:
-            return self._chunk_plan[1]
-        chunks, segs, start, fill, kind = [], [], 0, 0, None
-        for i, p in enumerate(self.selective_params):
-            n, s = p.numel(), 0
-            if segs and (p.device, p.dtype) != kind:
-                chunks.append((start, start + fill, segs))
-                segs, start, fill = [], start + fill, 0
-            kind = (p.device, p.dtype)
-            while s < n:
-                take = min(n - s, CHUNK - fill)
-                segs.append((i, s, s + take, fill))
-                s, fill = s + take, fill + take
-                if fill == CHUNK:
-                    chunks.append((start, start + fill, segs))
-                    segs, start, fill = [], start + fill, 0
-        if segs:
-            chunks.append((start, start + fill, segs))
-        self._chunk_plan = (key, chunks)
-        return chunks
-
-    def _buffers(self, p: torch.Tensor):
-        key = (p.device, p.dtype)
-        if key not in self._scratch or self._scratch[key][0].numel() < min(CHUNK, self.entries):
-            n = min(CHUNK, self.entries)
-            self._scratch[key] = (
-                torch.empty(n, dtype=p.dtype, device=p.device),
-                torch.empty(n, dtype=torch.bool, device=p.device),
-            )
-        return self._scratch[key]
-
-    def _score(self, p: torch.Tensor, s: int, e: int, out: torch.Tensor, g: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """H for entries [s, e) of p (gradient ``g``, default p.grad), written into ``out``."""
-        if g is None:
-            g = p.grad
-        if g is None:  # no gradient reached this tensor: every entry scores 0
-            return out.zero_()
-        gs = g.reshape(-1)[s:e]
-        if self.score_exp == 0.0:
-            return torch.abs(gs, out=out)
-        torch.abs(p.detach().view(-1)[s:e], out=out)
-        out.add_(self.score_eps)
-        if self.score_exp == 2.0:
-            out.mul_(out)
-        elif self.score_exp != 1.0:
-            out.pow_(self.score_exp)
-        torch.div(gs, out, out=out)
-        return out.abs_()
-
-    def _skips_by_bound(self, device: torch.device) -> bool:
-        """Skip chunks by their largest |g| (exp = 0 only). Auto: a win where scoring is bandwidth-bound (CPU);
-        on a GPU the extra launches cost more."""
-        skip = self.skip_by_bound
-        if skip is None:
-            skip = device.type == "cpu"
-        return bool(skip) and self.score_exp == 0.0
-
-    def _chunk_bounds(self, chunks) -> list[float]:
-        """Per chunk, max |g| over its entries (with exp = 0, an upper bound of its scores; NaN if a gradient holds
-        NaN). One read pass (aminmax), no write, one device-to-host transfer."""
-        per_seg, owner = [], []
-        for c, (_, _, segs) in enumerate(chunks):
-            for i, s, e, _ in segs:
-                g = self.selective_params[i].grad
-                if g is not None:
-                    lo, hi = torch.aminmax(g.reshape(-1)[s:e])  # 5x faster than vector_norm(ord=inf) on CPU
-                    per_seg.append(torch.maximum(hi, -lo).float())
-                    owner.append(c)
-        bounds = [0.0] * len(chunks)
-        if per_seg:
-            for c, b in zip(owner, torch.stack(per_seg).tolist()):
-                if b != b or bounds[c] != bounds[c]:
-                    bounds[c] = math.nan
-                else:
-                    bounds[c] = max(bounds[c], b)
-        return bounds
-
-    @torch.no_grad()
-    def _select(self, k: int, exclude_selected: bool) -> list[torch.Tensor]:
-        """Per selective tensor, the flat indices (ascending) of the global top-k entries by H.
-
-        With exp = 0 the chunks are visited in decreasing order of their largest |g| (NaN first), so the k-th
-        best score found so far rises fast and every chunk whose largest |g| is below it is skipped unread
-        (in a transformer most of them: the scores of the embeddings are orders of magnitude smaller). Entries
-        equal to that k-th score are kept as candidates, and the final cut breaks ties by position, so the
-        selection is the same as visiting every chunk in position order.
-        """
-        params = self.selective_params
-        chunks = self._chunks()
-        top = StreamingTopK(k, params[0].device)
-        order = list(range(len(chunks)))
-        bounds = None
-        if self._skips_by_bound(params[0].device) and len(chunks) > 1:
-            bounds = self._chunk_bounds(chunks)
-            order.sort(key=lambda c: (-math.inf if bounds[c] != bounds[c] else -bounds[c], c))
-            top.in_order = False
-        for c in order:
-            start, end, segs = chunks[c]
-            floor = top.floor
-            if bounds is not None and floor is not None and bounds[c] < floor:
-                break  # this chunk and every later one (smaller bounds) hold no entry >= the k-th best so far
-            masked = []  # (segment, chunk-local indices of already selected entries)
-            n_masked = 0
-            if exclude_selected:
-                for i, s, e, at in segs:
-                    chosen = self.state[params[i]].get("idx") if params[i] in self.state else None
-                    if chosen is None or chosen.numel() == 0:
-                        continue
-                    if not (s == 0 and e == params[i].numel()):
-                        chosen = chosen[(chosen >= s) & (chosen < e)]
-                    if chosen.numel():
-                        masked.append(chosen + (at - s))
-                        n_masked += chosen.numel()
-            selectable = (end - start) - n_masked
-            if selectable <= 0:
-                continue
-            buf, bool_buf = self._buffers(params[segs[0][0]])
-            scores = buf[: end - start]
-            for i, s, e, at in segs:
-                self._score(params[i], s, e, scores[at : at + e - s])
-            for local in masked:
-                scores.index_fill_(0, local, MASKED)
-            if bounds is not None:  # out of position order: keep ties with the floor
-                floor = just_below(floor, scores.dtype)
-            loc, vals = chunk_top(scores, min(k, selectable), floor, bool_buf)
-            top.offer(vals.to(top.device), loc.to(top.device) + start)
-        pos = top.pos  # ascending global positions
-        out = []
-        bounds = torch.tensor(self._offsets, device=pos.device)
-        cut = torch.searchsorted(pos, bounds).tolist()
-        for i, p in enumerate(params):
-            out.append((pos[cut[i] : cut[i + 1]] - self._offsets[i]).to(p.device))
-        return out
-
     def _grow(self, k: int) -> None:
         self._add_to_mask(self._select(k, exclude_selected=True))
 
     def _add_to_mask(self, news: list[torch.Tensor]) -> None:
+        pos, self._selected_pos = self._selected_pos, None
+        if self._pos_cache is not None:
+            self._pos_cache = torch.cat([self._pos_cache, pos]) if pos is not None else None
         for p, new in zip(self.selective_params, news):
             if new.numel() == 0:
                 continue
@@ -381,6 +213,7 @@ class ID3Optimizer(Optimizer):
         self._set_mask(self._select(k, exclude_selected=False))
 
     def _set_mask(self, news: list[torch.Tensor]) -> None:
+        self._pos_cache, self._selected_pos = self._selected_pos, None
         total = 0
         for p, new in zip(self.selective_params, news):
             st = self.state[p]
@@ -434,172 +267,6 @@ class ID3Optimizer(Optimizer):
         if self.schedule == "dynamic":
             return (self.budget, False) if (t < self.T or t == 0) else (0, True)
         return self.increment(t), True
-
-    # ------------------------------------------------------------------ in-backward mode
-    def _grad_hook(self, i: int):
-        def hook(p: torch.Tensor) -> None:
-            self._on_grad(i, p)
-
-        return hook
-
-    @torch.no_grad()
-    def _on_grad(self, i: int, p: torch.Tensor) -> None:
-        bw = self._bw
-        if bw is None:
-            k, exclude = self._selection_plan()
-            bw = self._bw = _BackwardStep(k, exclude, p.device)
-        if i in bw.seen:
-            raise RuntimeError(
-                "ID3Optimizer(in_backward=True) got a second gradient for the same tensor before step(): this mode "
-                "needs exactly one backward per optimizer step. For gradient accumulation use in_backward=False "
-                "(method.in_backward=false)"
-            )
-        bw.seen.add(i)
-        flat = p.grad.reshape(-1)
-        if self.max_grad_norm > 0:
-            bw.sq.append(torch.linalg.vector_norm(flat, dtype=torch.float32).square())
-        if bw.k > 0:
-            if flat.numel() <= STAGE_SMALL:  # small tensors (biases, norms) are scored together, a batch at a time
-                bw.staged.append((i, flat.clone()))
-                bw.staged_n += flat.numel()
-                if bw.staged_n >= STAGE_FLUSH:
-                    self._flush_staged(bw)
-            else:
-                self._offer_tensor(i, flat, bw)
-        st = self.state.get(p)
-        if bw.exclude and st and "idx" in st and st["idx"].numel():
-            bw.gsel[i] = flat.index_select(0, st["idx"])
-        p.grad = None
-
-    def _offer_tensor(self, i: int, flat: torch.Tensor, bw: "_BackwardStep") -> None:
-        """Offer tensor i's best selectable entries (score, global position, gradient) to this step's top-k."""
-        p = self.selective_params[i]
-        n, off, top = flat.numel(), self._offsets[i], bw.top
-        chosen = None
-        if bw.exclude and p in self.state:
-            chosen = self.state[p].get("idx")
-            if chosen is not None and chosen.numel() == 0:
-                chosen = None
-        skip = self._skips_by_bound(p.device)
-        for s in range(0, n, CHUNK):
-            e = min(n, s + CHUNK)
-            floor = top.floor
-            if skip and floor is not None:
-                lo, hi = torch.aminmax(flat[s:e])
-                if float(torch.maximum(hi, -lo)) < floor:  # a NaN bound compares False: never skipped
-                    continue
-            local = None
-            if chosen is not None:
-                local = chosen if (s == 0 and e == n) else chosen[(chosen >= s) & (chosen < e)] - s
-            selectable = (e - s) - (0 if local is None else local.numel())
-            if selectable <= 0:
-                continue
-            buf, bool_buf = self._buffers(p)
-            scores = buf[: e - s]
-            self._score(p, s, e, scores, g=flat)
-            if local is not None and local.numel():
-                scores.index_fill_(0, local, MASKED)
-            floor = just_below(floor, scores.dtype)  # offers come in any order: position decides ties later
-            loc, vals = chunk_top(scores, min(bw.k, selectable), floor, bool_buf, exact=False)
-            top.offer(vals.to(top.device), loc.to(top.device) + (off + s),
-                      payload=flat[s:e].index_select(0, loc).to(top.device))
-
-    def _flush_staged(self, bw: "_BackwardStep") -> None:
-        """Offer the staged small tensors' best selectable entries as one batch (a few ops instead of ~10 each)."""
-        if not bw.staged:
-            return
-        # in tensor order, so the batch is in position order: chunk_top breaks ties by place in the batch
-        staged, bw.staged, bw.staged_n = sorted(bw.staged, key=lambda t: t[0]), [], 0
-        params, top = self.selective_params, bw.top
-        g = torch.cat([f for _, f in staged])
-        scores = torch.empty_like(g)
-        pos, masked, at = [], [], 0
-        for i, f in staged:
-            n = f.numel()
-            if self.score_exp != 0.0:
-                self._score(params[i], 0, n, scores[at : at + n], g=f)
-            ar = self._positions.get(i)
-            if ar is None:
-                ar = self._positions[i] = torch.arange(n, device=g.device) + self._offsets[i]
-            pos.append(ar)
-            if bw.exclude and params[i] in self.state:
-                chosen = self.state[params[i]].get("idx")
-                if chosen is not None and chosen.numel():
-                    masked.append(chosen + at)
-            at += n
-        if self.score_exp == 0.0:
-            torch.abs(g, out=scores)
-        n_masked = 0
-        if masked:
-            local = torch.cat(masked)
-            n_masked = local.numel()
-            scores.index_fill_(0, local, MASKED)
-        selectable = g.numel() - n_masked
-        if selectable <= 0:
-            return
-        floor = just_below(top.floor, scores.dtype)  # any order: position decides ties later
-        bool_buf = torch.empty(g.numel(), dtype=torch.bool, device=g.device)
-        loc, vals = chunk_top(scores, min(bw.k, selectable), floor, bool_buf)
-        allpos = torch.cat(pos)
-        top.offer(vals.to(top.device), allpos.index_select(0, loc).to(top.device),
-                  payload=g.index_select(0, loc).to(top.device))
-
-    @torch.no_grad()
-    def _step_in_backward(self) -> None:
-        bw = self._bw
-        self._bw = None
-        params = self.selective_params
-        if bw is None:  # no selective gradient this step (e.g. every selective tensor was unused)
-            k, exclude = self._selection_plan()
-            bw = _BackwardStep(k, exclude, params[0].device)
-        if bw.k > 0:  # tensors no gradient reached score 0 everywhere, as in the standard mode
-            self._flush_staged(bw)
-            for i, p in enumerate(params):
-                if i not in bw.seen:
-                    self._offer_tensor(i, torch.zeros(p.numel(), dtype=p.dtype, device=p.device), bw)
-        dense = [p for g in self.param_groups if not g["selective"] for p in g["params"] if p.grad is not None]
-        coef = None
-        if self.max_grad_norm > 0:
-            sq = bw.sq + [torch.linalg.vector_norm(p.grad, dtype=torch.float32).square() for p in dense]
-            if sq:
-                dev = params[0].device
-                total = torch.stack([v.to(dev) for v in sq]).sum().sqrt()
-                self.last_grad_norm = total
-                coef = torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
-                for p in dense:
-                    p.grad.mul_(coef.to(p.grad.device, p.grad.dtype))
-        # the selection, and each tensor's gathered gradient in the order of its idx after the update
-        grads: dict = {}
-        if bw.k > 0:
-            top = bw.top
-            pos, pay = top.pos, top.payload
-            if pay is None:
-                pay = torch.empty(0, dtype=params[0].dtype, device=pos.device)
-            cut = torch.searchsorted(pos, torch.tensor(self._offsets, device=pos.device)).tolist()
-            news = [(pos[cut[i] : cut[i + 1]] - self._offsets[i]).to(p.device) for i, p in enumerate(params)]
-            new_g = [pay[cut[i] : cut[i + 1]].to(p.device) for i, p in enumerate(params)]
-            if bw.exclude:
-                self._add_to_mask(news)
-                for i in bw.seen:
-                    old = bw.gsel.get(i)
-                    grads[i] = new_g[i] if old is None else torch.cat([old, new_g[i]])
-            else:
-                self._set_mask(news)
-                for i in bw.seen:
-                    grads[i] = new_g[i]
-        else:
-            grads = dict(bw.gsel)
-        self.steps += 1
-        self.updates_performed += self._unmasked
-        if coef is not None:
-            for g in grads.values():
-                g.mul_(coef.to(g.device, g.dtype))
-        index = {p: i for i, p in enumerate(params)}
-        for group in self.param_groups:
-            if group["selective"]:
-                self._sparse_adamw(group, {p: grads.get(index[p]) for p in group["params"]})
-            else:
-                self._dense_adamw(group)
 
     def _sparse_adamw(self, group, gathered: Optional[dict] = None) -> None:
         """torch's AdamW formula on the gathered selected entries; one foreach op per stage for all tensors.
@@ -676,6 +343,7 @@ class ID3Optimizer(Optimizer):
     def load_state_dict(self, state_dict):
         """torch casts every state tensor of a float parameter to its dtype; index tensors must stay int64."""
         state_dict = dict(state_dict)
+        self._pos_cache = self._selected_pos = None
         meta = state_dict.pop("id3", None)
         saved_state = {k: dict(v) for k, v in state_dict["state"].items()}
         ints: dict = {}
@@ -696,18 +364,3 @@ class ID3Optimizer(Optimizer):
             self.steps = int(meta["steps"])
             self.updates_performed = int(meta["updates_performed"])
             self._unmasked = int(meta["unmasked"])
-
-
-class _BackwardStep:
-    """What the in-backward hooks gather during one backward pass (cleared by ``step()``)."""
-
-    def __init__(self, k: int, exclude: bool, device: torch.device):
-        self.k, self.exclude = k, exclude
-        # one offer per tensor (a hundred or more): cut only when 4k entries pile up
-        self.top = StreamingTopK(max(k, 1), device, slack=4 * max(k, 1) + 1024)
-        self.top.in_order = False  # hooks fire in backward order, not position order
-        self.seen: set[int] = set()
-        self.staged: list[tuple[int, torch.Tensor]] = []  # (tensor, copy of its gradient): small tensors, batched
-        self.staged_n = 0
-        self.sq: list[torch.Tensor] = []  # squared norms of the selective gradients (for clipping)
-        self.gsel: dict[int, torch.Tensor] = {}  # tensor -> its gradient at the entries selected before this step
