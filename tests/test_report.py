@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -218,6 +220,19 @@ def test_study_page_size_and_render_time(browser, tmp_path):
     assert len(runs) == len(set(runs)) == 54
     assert page.locator("div.perf").count() == 2     # the two CPU `bench perf` records
     page.screenshot(path=str(tmp_path / "study.png"))
+
+
+@pytest.mark.parametrize("require", ["", "1"])
+def test_without_a_browser_skips_outside_ci_and_fails_in_ci(tmp_path, require):
+    env = {**os.environ, "BENCH_CHROMIUM": str(tmp_path / "no-chromium"), "BENCH_REQUIRE_BROWSER": require}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-n", "0", "-p", "no:cacheprovider",
+                        f"{__file__}::test_page_in_a_real_browser"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    if require:
+        assert r.returncode != 0 and "1 error" in r.stdout
+        assert f"BENCH_REQUIRE_BROWSER=1 but no chromium at {tmp_path / 'no-chromium'}" in r.stdout
+    else:
+        assert r.returncode == 0 and "1 skipped" in r.stdout and "no chromium at" in r.stdout
 
 
 # ------------------------------------------------------------------------------------------------

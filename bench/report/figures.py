@@ -82,7 +82,7 @@ def pareto(task: dict, cells: list[dict], runs: dict[str, dict], color: dict[str
                 "args": [{"x": xs_by_axis[key]}, {"xaxis.type": kind, "xaxis.title.text": title}]}
                for key, title, kind in AXES]
     fig.update_layout(
-        title={"text": f"{task['label']}: score vs cost", "font": {"size": 14}},
+        title={"text": task["label"], "font": {"size": 14}, "x": 0.02, "xanchor": "left"},
         xaxis={"type": AXES[0][2], "title": {"text": AXES[0][1]}}, yaxis={"title": {"text": "score x100"}},
         height=380, margin={"l": 55, "r": 10, "t": 70, "b": 50}, template="plotly_white",
         legend={"font": {"size": 10}}, hoverlabel={"align": "left", "font": {"size": 11}},

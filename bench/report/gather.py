@@ -86,8 +86,12 @@ def from_study(argv: list[str], results: str | Path, recs: Records, n_boot: int 
         "Step ms: median over the method's runs of each run's median step time; process peak RSS: an upper bound "
         "(a worker that ran several jobs reports its peak so far). docs/protocol.md has the protocol.",
     ]
-    if st.protocol.get("extra_overrides"):
-        rep.notes.append("Extra settings matched: " + " ".join(st.protocol["extra_overrides"]) + ".")
+    from bench.records import NON_SEMANTIC_KEYS
+
+    matched = [o for o in st.protocol.get("extra_overrides") or []
+               if o.split("=", 1)[0].lstrip("+~") not in NON_SEMANTIC_KEYS]
+    if matched:
+        rep.notes.append("Extra settings matched: " + " ".join(matched) + ".")
     cells = st.cells
     for _, line in main.iterrows():
         label = str(line["method"])
