@@ -416,3 +416,30 @@ def test_fused_linear_path_equals_the_plain_multiply_in_values_and_gradients(mon
     assert g_fused.keys() == g_plain.keys() and any("query" in n for n in g_fused)
     for n in g_fused:
         torch.testing.assert_close(g_fused[n], g_plain[n], atol=1e-6, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("degree", [1, 2, 15, 55])
+def test_fused_linear_computes_z_to_the_k_inside_and_trains_z_bit_for_bit_as_autograd(degree, autocast):
+    """The fused node takes z and k (no separate pow node): its output and z gradient equal, bit for bit, the
+    composition autograd would run (s = z**k with autograd's pow backward, then the node of s), in fp32 and under
+    bf16 autocast (where the scaled weight is written straight in bf16)."""
+    from methods.propulsion.layer import _ScaledLinear, _autocast_dtype, _grad_of_scale
+
+    g = torch.Generator().manual_seed(degree)
+    lin = nn.Linear(12, 7).requires_grad_(False)
+    x = torch.randn(3, 5, 12, generator=g)
+    z = nn.Parameter(1 + 0.02 * torch.randn(7, generator=g))
+    grad = torch.randn(3, 5, 7, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = _ScaledLinear.apply(x, lin.weight, lin.bias, z, degree)
+        dtype = _autocast_dtype(x, lin.weight.dtype)
+    out.backward(grad.to(out.dtype))
+    # the reference: z**k through autograd, the weight scaled then cast, F.linear, the scale's gradient from the output
+    zr = z.detach().clone().requires_grad_(True)
+    s = zr.pow(degree)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ref = nn.functional.linear(x, (lin.weight * s.detach().unsqueeze(1)).to(dtype), (lin.bias * s.detach()).to(dtype))
+    assert torch.equal(out, ref)
+    s.backward(_grad_of_scale(grad.to(ref.dtype), ref, s.detach()))
+    assert torch.equal(z.grad, zr.grad)

@@ -35,10 +35,32 @@ def output_axis_of_weight(base_layer: nn.Module) -> int:
 def _grad_of_scale(grad: torch.Tensor, output: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """d loss / d scale for ``output = result * scale``: sum(grad * result) = sum(grad * output) / scale, summed in
     float32 over every axis but the last. Where scale == 0 the output carries no trace of the input; d(z**k)/dz
-    is 0 there anyway for k > 1, so the gradient is set to 0."""
+    is 0 there anyway for k > 1, so the gradient is set to 0 (in place: no zeros tensor, no ``where``)."""
     summed = (grad * output).reshape(-1, output.shape[-1]).sum(0, dtype=torch.float32)
     s = scale.float()
-    return torch.where(s != 0, summed / s, torch.zeros_like(summed)).to(scale.dtype)
+    return summed.div_(s).masked_fill_(s == 0, 0.0).to(scale.dtype)
+
+
+def _grad_of_z(grad_scale: torch.Tensor, z: torch.Tensor, degree: int) -> torch.Tensor:
+    """d loss / d z from d loss / d (z**k): autograd's own formula for ``pow`` (grad * (k * z**(k-1)), the exponent
+    as a double), so a layer that computes z**k inside its autograd function trains z exactly as before."""
+    k = float(degree)
+    return grad_scale * (k * z.pow(k - 1.0))
+
+
+def _weight_times(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(weight * scale[:, None]).to(dtype)`` in one kernel: the product is computed in weight's dtype and rounded
+    once on the write, exactly as the separate cast would round it."""
+    out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+    return torch.mul(weight, scale.to(weight.dtype).unsqueeze(1), out=out)
+
+
+def _autocast_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    """The dtype F.linear would cast its weight to: autocast's for x's device when it is on, else ``dtype``."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return dtype
 
 
 class _ScaleOutput(torch.autograd.Function):
@@ -72,28 +94,39 @@ class _ScaledLinear(torch.autograd.Function):
     (``grad @ (diag(s) W)`` is the matmul a frozen layer does anyway). The gradient of s is, as in
     :class:`_ScaleOutput`, sum(grad * output) / s from the kept output. Only for frozen weight and bias (the
     weight gradient would need the input, which this function does not keep).
+
+    Given ``z`` and the degree k, it computes ``s = z**k`` itself and returns the gradient of z (autograd's formula
+    for ``pow``, see :func:`_grad_of_z`): one autograd node per layer instead of two. Under autocast the scaled
+    weight (and bias) are written straight in the autocast dtype (one kernel each instead of a multiply and a cast,
+    the same rounding), and so is the weight the backward pass rebuilds.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], scale: torch.Tensor):
-        w = weight * scale.to(weight.dtype).unsqueeze(1)
-        b = bias * scale.to(bias.dtype) if bias is not None else None
-        output = F.linear(x, w, b)  # autocast (if on) casts as it would for the base layer
-        ctx.save_for_backward(output, scale, weight)
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], z: torch.Tensor,
+                degree: int):
+        scale = z.pow(degree)
+        dtype = _autocast_dtype(x, weight.dtype)
+        w = _weight_times(weight, scale, dtype)
+        if bias is not None:
+            b = torch.mul(bias, scale.to(bias.dtype), out=torch.empty(bias.shape, dtype=dtype, device=bias.device))
+        else:
+            b = None
+        output = F.linear(x, w, b)  # autocast (if on) casts x as it would for the base layer; w and b are cast already
+        ctx.save_for_backward(output, scale, weight, z)
         ctx.x_dtype = x.dtype
+        ctx.degree = degree
         return output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        output, scale, weight = ctx.saved_tensors
-        grad_x = grad_scale = None
+        output, scale, weight, z = ctx.saved_tensors
+        grad_x = grad_z = None
         if ctx.needs_input_grad[0]:
-            w = (weight * scale.to(weight.dtype).unsqueeze(1)).to(grad.dtype)
-            grad_x = (grad @ w).to(ctx.x_dtype)
+            grad_x = (grad @ _weight_times(weight, scale, grad.dtype)).to(ctx.x_dtype)
         if ctx.needs_input_grad[3]:
-            grad_scale = _grad_of_scale(grad, output, scale)
-        return grad_x, None, None, grad_scale
+            grad_z = _grad_of_z(_grad_of_scale(grad, output, scale), z, ctx.degree)
+        return grad_x, None, None, grad_z, None
 
 
 def _fusable_linear(base: nn.Module) -> bool:
@@ -198,19 +231,21 @@ class PropulsionLayer(BaseTunerLayer):
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        scale = self._scale_of(a for a in self.active_adapters if a not in self.merged_adapters)
+        active = [a for a in self.active_adapters if a not in self.merged_adapters and a in self.propulsion_z]
         if (
-            scale is not None
+            len(active) == 1
             and FUSE_LINEAR
             and SAVE_OUTPUT_FOR_BACKWARD
             and not args
             and not kwargs
             and torch.is_grad_enabled()
-            and scale.requires_grad
+            and self.propulsion_z[active[0]].requires_grad
             and _fusable_linear(self.base_layer)
-        ):
+        ):  # training one adapter: z**k, the scaled weight and the matmul in one autograd node
             base = self.base_layer
-            return _ScaledLinear.apply(x, base.weight, base.bias, scale)
+            return _ScaledLinear.apply(x, base.weight, base.bias, self.propulsion_z[active[0]],
+                                       self.propulsion_degree[active[0]])
+        scale = self._scale_of(active)
         result = self.base_layer(x, *args, **kwargs)
         if scale is None:
             return result
