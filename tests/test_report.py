@@ -204,8 +204,9 @@ def test_study_page_size_and_render_time(browser, tmp_path):
     size = path.stat().st_size
     page, messages, seconds = open_page(browser, path)
     marks = dict(page.evaluate("performance.getEntriesByType('mark').map(m => [m.name, m.startTime])"))
+    dom = page.evaluate("performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd") / 1000
     print(f"[report] glue_study_cpu page (6 methods x 3 tasks x 3 seeds): {size / 1e6:.2f} MB, built in {build_s:.1f} s, "
-          f"figures drawn {seconds:.2f} s after load (plotly.js ready at {marks.get('report:plotly-loaded', 0) / 1000:.2f} s, "
+          f"tables shown at {dom:.2f} s, figures drawn {seconds:.2f} s after load (plotly.js ready at {marks.get('report:plotly-loaded', 0) / 1000:.2f} s, "
           f"figures at {marks.get('report:figures-drawn', 0) / 1000:.2f} s; load average {os.getloadavg()[0]:.1f})")
     assert size < 5_000_000
     assert errors(messages) == []
@@ -304,6 +305,29 @@ def test_experiment_without_records_lists_the_missing_runs_and_commands(tmp_path
     assert report.commands == [f"python -m bench run -m experiment=glue_study_cpu results_dir={tmp_path / 'runs'}"]
     html = path.read_text()
     assert "Missing (90)" in html and "study.lr_index=tuned" in html and report.runs == {}
+
+
+def test_paper_experiment_shows_the_papers_numbers_and_fills_the_gaps(tmp_path):
+    """A paper experiment (bench.table's protocol matching): the paper's line under each row, the missing runs, and
+    one `bench run -m` per row that fills them."""
+    import yaml
+
+    (tmp_path / "runs").mkdir()
+    path, report = command.build(["experiment=propulsion_glue_cpu", f"results_dir={tmp_path / 'runs'}",
+                                  f"report_dir={tmp_path / 'report'}"])
+    paper = yaml.safe_load((ROOT / "results" / "paper" / "propulsion_glue.yaml").read_text())
+    labels = [r["label"] for r in paper["rows"]]
+    assert [r["label"] for r in report.rows] == labels
+    prop = next(r for r in paper["rows"] if r["label"] == report.rows[0]["label"])
+    for t, v in prop["reported"].items():
+        if t in report.rows[0]["cells"]:
+            assert report.rows[0]["cells"][t]["text"] == "-"          # nothing ran yet
+            assert report.rows[0]["cells"][t]["sub"] == [f"paper (full scale): {v:.2f}"]
+    assert len(report.missing) == len(labels) * len(report.tasks) * 2     # the _cpu experiment's seeds 1, 2
+    assert len(report.commands) == len(labels)
+    assert all(c.startswith("python -m bench run -m experiment=propulsion_glue_cpu ") for c in report.commands)
+    html = path.read_text()
+    assert f"Missing ({len(report.missing)})" in html and report.commands[0] in html.replace("&#39;", "'")
 
 
 def test_corrupt_study_records_file_is_listed(tmp_path):

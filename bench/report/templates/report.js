@@ -48,11 +48,15 @@
     all("table.perf-table tbody tr").forEach((tr) => { tr.hidden = !okRow(tr.dataset.row); });
     all(".pareto-fig").forEach((div) => {
       const show = okTask(div.dataset.task);
+      const wasHidden = div.hidden;
       div.hidden = !show;
       if (show && window.Plotly && div.data) {
         const visible = div.data.map((tr) => okModel(tr.meta.model) && okRow(tr.meta.row));
-        window.Plotly.restyle(div, { visible: visible });
-        window.Plotly.Plots.resize(div);
+        if (div.dataset.visible !== visible.join()) {  // redraw only when the traces shown change
+          window.Plotly.restyle(div, { visible: visible });
+          div.dataset.visible = visible.join();
+        }
+        if (wasHidden) window.Plotly.Plots.resize(div);  // drawn while hidden: fit it to its box
       }
     });
   }
@@ -107,6 +111,7 @@
     performance.mark("report:plotly-loaded");
     const figs = all(".pareto-fig");
     await Promise.all(figs.map(draw));
+    figs.forEach((div) => { div.dataset.visible = div.data.map(() => true).join(); });
     figs.forEach((div) => div.on("plotly_click", (ev) => {
       const cd = ev.points && ev.points[0] && ev.points[0].customdata;
       if (cd && cd[0]) openRun(cd[0]);
