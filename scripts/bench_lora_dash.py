@@ -41,14 +41,18 @@ def load_minilm():
 
 
 def build(method_name: str, spec: dict, cache_dir: str | None):
-    from methods import MethodContext, get_method
+    from bench.training import method_context
+    from methods import get_method
 
-    cfg = {"name": method_name, **spec, "dropout": 0.1}
+    import yaml
+
+    # the method's YAML defaults (every option), then this benchmark's layout
+    cfg = {**yaml.safe_load((ROOT / "conf" / "method" / f"{method_name}.yaml").read_text()), **spec, "dropout": 0.1}
     if method_name == "lora_dash":
         cfg.update({"t": 3, "s": 8, "svd_cache": cache_dir is not None})
-    ctx = MethodContext(task_type="seq_cls", model_type="bert", head_modules=["classifier"],
-                        cache_dir=cache_dir or ".cache/bench")
-    model = get_method(method_name).apply(load_minilm(), cfg, ctx)
+    model = load_minilm()
+    ctx = method_context(model, "seq_cls", cache_dir=cache_dir)  # head: the classifier; cache: the method's default
+    model = get_method(method_name).apply(model, cfg, ctx)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
     return model, opt

@@ -761,3 +761,22 @@ def test_runner_in_backward_run_equals_the_step_mode_run(glue_dir, tmp_path, gc)
         else:
             torch.testing.assert_close(da[key], db[key], rtol=0, atol=1e-6)
     assert sum(v.numel() for k, v in da.items() if k.endswith("::idx")) == 500
+
+
+def test_harness_fills_the_base_methods_yaml_defaults(tiny_bert):
+    """methods/ reads no config file: the harness (bench/training.py) puts conf/method/<base>.yaml under
+    method.base_cfg, the user's base_cfg over it; ID3 applies the base method with exactly that."""
+    import yaml
+    from conftest import ROOT, compose_cfg
+
+    from bench import training
+
+    cfg = compose_cfg(["method=id3", "method.base=lora", "+method.base_cfg.r=2", "method.budget=50", "method.T=3",
+                       "model=tiny-bert", "task=sst2"])
+    applied = training.apply_method(cfg, get_method("id3"), tiny_bert, "seq_cls", 3)
+    lora_yaml = yaml.safe_load((ROOT / "conf" / "method" / "lora.yaml").read_text())
+    assert applied.mcfg["base_cfg"] == {**lora_yaml, "r": 2}
+    plan = applied.model._id3_plan
+    assert plan.base == "lora" and plan.base_cfg == {**lora_yaml, "r": 2, "name": "lora"}
+    assert applied.model.peft_config["default"].r == 2
+    assert applied.model.peft_config["default"].lora_alpha == lora_yaml["alpha"]

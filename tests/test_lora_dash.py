@@ -49,7 +49,11 @@ def _ctx(tmp_path=None, **kw) -> MethodContext:
 
 
 def _cfg(**kw) -> dict:
-    cfg = {"name": "lora_dash", "r": 4, "alpha": 8, "dropout": 0.0, "target_roles": ALL_SIX, "t": 3, "s": 3}
+    """conf/method/lora_dash.yaml (the one place with every option's default), then the tests' small settings."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "method" / "lora_dash.yaml").read_text())
+    cfg.update({"r": 4, "alpha": 8, "dropout": 0.0, "target_roles": ALL_SIX, "t": 3, "s": 3})
     cfg.update(kw)
     return cfg
 
@@ -123,6 +127,13 @@ def test_validate_rejects(bad, needle):
         get_method("lora_dash").validate(_cfg(**bad))
 
 
+def test_a_missing_option_names_the_yaml_that_gives_it():
+    cfg = _cfg()
+    del cfg["svd_cache"], cfg["t"]
+    with pytest.raises(MethodConfigError, match=r"t, svd_cache missing: conf/method/lora_dash.yaml"):
+        get_method("lora_dash").validate(cfg)
+
+
 def test_validate_accepts_yaml_files():
     import yaml
 
@@ -170,8 +181,7 @@ def test_llama7b_layout_adds_exactly_1280():
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                       vocab_size=32000)
     ctx = MethodContext(task_type="causal_lm", model_type="llama", head_modules=["lm_head"], train_head=False)
-    method_cfg = {"name": "lora_dash", "r": 32, "alpha": 64, "dropout": 0.05,
-                  "target_roles": ["q", "k", "v", "up", "down"], "t": 100, "s": 8}
+    method_cfg = _cfg(r=32, alpha=64, dropout=0.05, target_roles=["q", "k", "v", "up", "down"], t=100, s=8)
     with torch.device("meta"):  # no weights: 6.7B parameters would not fit a test
         dash = get_method("lora_dash").apply(LlamaForCausalLM(cfg), method_cfg, ctx)
     # LoRA r=32 on q k v (4096 x 4096) and up / down (4096 <-> 11008) of 32 layers: (d_in + d_out) * r each

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from torch import nn
@@ -76,17 +75,6 @@ def _unique_named_parameters(model: nn.Module):
         if id(p) not in seen:
             seen.add(id(p))
             yield name, p
-
-
-def _base_defaults(base: str) -> dict:
-    """The base method's YAML defaults (conf/method/<base>.yaml next to methods/), if the file exists."""
-    file = Path(__file__).resolve().parents[2] / "conf" / "method" / f"{base}.yaml"
-    if not file.is_file():
-        return {}
-    import yaml
-
-    data = yaml.safe_load(file.read_text()) or {}
-    return dict(data) if isinstance(data, dict) else {}
 
 
 def _decay_names(model: nn.Module) -> set[str]:
@@ -161,7 +149,8 @@ class ID3(Method):
         base_cfg: dict = {}
         scope_all = cfg.get("scope", "backbone") == "all"
         if base:
-            base_cfg = {**_base_defaults(base), **dict(cfg.get("base_cfg") or {}), "name": base}
+            # the base method's complete settings: the harness puts its YAML defaults under method.base_cfg
+            base_cfg = {**dict(cfg.get("base_cfg") or {}), "name": base}
             base_method = get_method(base)
             base_method.validate(base_cfg)
             model = base_method.apply(model, base_cfg, ctx)

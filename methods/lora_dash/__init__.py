@@ -46,31 +46,22 @@ __all__ = [
     "switch_to_dash",
 ]
 
-# LoRA's defaults (conf/method/lora.yaml) plus the paper's s and t, so that method=lora and
-# method=lora_dash differ by the dash term only; the paper's runs are the *_glue / *_commonsense presets
-_DEFAULTS: dict[str, Any] = {
-    "r": 8,
-    "alpha": 16,
-    "dropout": 0.1,
-    "target_modules": None,
-    "target_roles": ["q", "v"],
-    "t": 100,
-    "s": 8,
-    "train_head": "auto",
-    "svd_cache": True,
-}
-_KNOWN = set(_DEFAULTS) | {"name"}
+# Every option, in conf/method/lora_dash.yaml (LoRA's defaults there + the paper's s and t, so that method=lora and
+# method=lora_dash differ by the dash term only; the paper's runs are the *_glue / *_commonsense presets). The YAML is
+# the one place that holds their defaults: the harness always passes all of them.
+CONFIG_KEYS = ("r", "alpha", "dropout", "target_modules", "target_roles", "t", "s", "train_head", "svd_cache")
+_KNOWN = set(CONFIG_KEYS) | {"name"}
 
 
 def _int(cfg: Mapping[str, Any], key: str) -> int:
-    v = cfg.get(key, _DEFAULTS[key])
+    v = cfg[key]
     if isinstance(v, int) and not isinstance(v, bool):
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)
     if isinstance(v, str) and v.strip().lstrip("-").isdigit():
         return int(v)
-    raise MethodConfigError(f"method.{key} must be an integer (got {v!r}); e.g. method.{key}={_DEFAULTS[key]}")
+    raise MethodConfigError(f"method.{key} must be an integer (got {v!r}); e.g. method.{key}=8")
 
 
 @register
@@ -90,6 +81,12 @@ class LoraDash(Method):
             raise MethodConfigError(
                 f"unknown lora_dash option(s): {', '.join(hints)}; valid options: {', '.join(sorted(_KNOWN - {'name'}))}"
             )
+        missing = [k for k in CONFIG_KEYS if k not in cfg]
+        if missing:
+            raise MethodConfigError(
+                f"lora_dash option(s) {', '.join(missing)} missing: conf/method/lora_dash.yaml gives every option "
+                "(start from it, e.g. yaml.safe_load of that file, or run through the harness)"
+            )
         r, s, t = _int(cfg, "r"), _int(cfg, "s"), _int(cfg, "t")
         if r <= 0:
             raise MethodConfigError(f"method.r must be a positive integer (got {r}); e.g. method.r=8")
@@ -98,41 +95,41 @@ class LoraDash(Method):
         if t < 0:
             raise MethodConfigError(f"method.t (optimizer steps before the switch) must be >= 0 (got {t}); e.g. method.t=100")
         try:
-            alpha = float(cfg.get("alpha", _DEFAULTS["alpha"]))
+            alpha = float(cfg["alpha"])
         except (TypeError, ValueError):
             alpha = float("nan")
         if not alpha > 0:
             raise MethodConfigError(f"method.alpha must be > 0 (got {cfg.get('alpha')!r}); e.g. method.alpha=16")
         try:
-            dropout = float(cfg.get("dropout", _DEFAULTS["dropout"]))
+            dropout = float(cfg["dropout"])
         except (TypeError, ValueError):
             dropout = float("nan")
         if not 0.0 <= dropout < 1.0:
             raise MethodConfigError(f"method.dropout must be in [0, 1) (got {cfg.get('dropout')!r})")
-        if not cfg.get("target_modules") and not cfg.get("target_roles", _DEFAULTS["target_roles"]):
+        if not cfg["target_modules"] and not cfg["target_roles"]:
             raise MethodConfigError("set method.target_roles (e.g. [q,k,v,o,in,out]) or method.target_modules")
-        if cfg.get("train_head", "auto") not in ("auto", True, False):
+        if cfg["train_head"] not in ("auto", True, False):
             raise MethodConfigError(f"method.train_head must be auto, true or false (got {cfg.get('train_head')!r})")
-        if not isinstance(cfg.get("svd_cache", True), bool):
+        if not isinstance(cfg["svd_cache"], bool):
             raise MethodConfigError(f"method.svd_cache must be true or false (got {cfg.get('svd_cache')!r})")
 
     def peft_config(self, cfg: Mapping[str, Any], ctx: MethodContext) -> LoraDashConfig:
         self.validate(cfg)
-        roles = cfg.get("target_roles", _DEFAULTS["target_roles"])
+        roles = cfg["target_roles"]
         try:
-            targets = resolve_targets(ctx.model_type, cfg.get("target_modules"), roles)
+            targets = resolve_targets(ctx.model_type, cfg["target_modules"], roles)
         except KeyError as e:
             raise MethodConfigError(
                 f"{e.args[0]} (e.g. for LLaMA the paper's commonsense runs use method.target_roles=[q,k,v,up,down]; "
                 "or pass explicit method.target_modules)"
             ) from None
-        train_head = cfg.get("train_head", "auto")
+        train_head = cfg["train_head"]
         if train_head == "auto":
             train_head = ctx.train_head
         return LoraDashConfig(
             r=_int(cfg, "r"),
-            lora_alpha=float(cfg.get("alpha", _DEFAULTS["alpha"])),
-            lora_dropout=float(cfg.get("dropout", _DEFAULTS["dropout"])),
+            lora_alpha=float(cfg["alpha"]),
+            lora_dropout=float(cfg["dropout"]),
             target_modules=targets,
             modules_to_save=list(ctx.head_modules) if (train_head and ctx.head_modules) else None,
             dash_s=_int(cfg, "s"),
@@ -151,7 +148,7 @@ class LoraDash(Method):
         return get_peft_model(model, config)
 
     def callbacks(self, model, cfg: Mapping[str, Any], ctx: MethodContext) -> list:
-        cache_dir = ctx.cache_dir if cfg.get("svd_cache", _DEFAULTS["svd_cache"]) else None
+        cache_dir = ctx.cache_dir if cfg["svd_cache"] else None
         return [LoraDashSwitchCallback(t=_int(cfg, "t"), cache_dir=cache_dir)]
 
     def record_state(self, model, cfg: Mapping[str, Any]) -> dict:
