@@ -347,6 +347,10 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
         print(f"[bench] resuming from {resume_from} (optimizer step {blob['step']})")
     elif skipped:
         record["resume"] = {"from_step": 0, "checkpoint": None, "skipped": skipped}
+    if t.get("compile"):
+        compile_stats(reset=True)  # this run's compiled graphs only (a sweep worker may have compiled others)
+        if epoch_eval is not None:
+            epoch_eval.trainer = trainer  # evaluates through the Trainer's compiled module
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     cost_summary = cost.summary(int(t.batch_size) * int(t.grad_accum))
     if t.get("save_every"):
@@ -354,7 +358,10 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
         cost_summary["checkpoint_s"] = round(harness.seconds, 3)
 
     t0 = time.perf_counter()
-    final = family.evaluate(model, data, tokenizer, out_dir=artifact_dir)
+    final = family.evaluate(_eval_model(trainer, model), data, tokenizer, out_dir=artifact_dir)
+    if t.get("compile"):  # train.compile: what was compiled, how often, and how long it took
+        record["compile"] = {"backend": t.get("compile_backend") or "inductor", "mode": t.get("compile_mode"),
+                             **compile_stats()}
     eval_s = time.perf_counter() - t0
     n_eval = sum(record["data"].get("eval_sizes", {}).values()) or None
     final_preds = getattr(family, "last_predictions", None)
@@ -416,8 +423,12 @@ class _EpochEval(TrainerCallback):
         self.family, self.data, self.tokenizer, self.history, self.cost = family, data, tokenizer, history, cost
         self.history_preds = history_preds
 
+    trainer = None  # set with train.compile: evaluate through the Trainer's compiled module
+
     def on_epoch_end(self, args, state, control, model=None, **kw):
         t0 = time.perf_counter()
+        if self.trainer is not None:
+            model = _eval_model(self.trainer, model)
         with _rng_untouched():  # evaluating must not move training's random streams (same run with or without it,
             metrics = self.family.evaluate(model, self.data, self.tokenizer)  # and a resume stays exact)
         self.cost.eval_seconds += time.perf_counter() - t0
@@ -436,6 +447,39 @@ class _EpochEval(TrainerCallback):
         self.history[:] = d["history"]
         self.history_preds[:] = [{a: {"pred": v["pred"], "label": v["label"]} for a, v in decode_splits(p).items()}
                                  if p else None for p in d["preds"]]
+
+
+def _eval_model(trainer, model):
+    """The module to evaluate: with train.compile the Trainer's compiled wrapper of ``model`` (same parameters), so
+    evaluation runs the compiled forward too; else ``model``. Generation (``model.generate``) stays eager."""
+    import torch
+
+    wrapped = getattr(trainer, "model_wrapped", None)
+    if isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule) and wrapped._orig_mod is model:
+        return wrapped
+    return model
+
+
+def compile_stats(reset: bool = False) -> dict:
+    """torch.compile's work in this process since the last reset: forward frames compiled, recompiles among them
+    (a frame compiled again after a guard failed: grad mode for evaluation, a changed shape, LoRA-Dash's switch),
+    graph breaks, and compile seconds. ``reset=True`` clears dynamo's caches and these figures first."""
+    import torch
+    from torch._dynamo import utils as dynamo_utils
+
+    if reset:
+        torch._dynamo.reset()
+        dynamo_utils.clear_compilation_metrics()
+        dynamo_utils.counters.clear()
+        return {}
+    metrics = dynamo_utils.get_compilation_metrics()
+    frames = [m for m in metrics if m.co_name is not None and m.has_guarded_code]
+    return {
+        "frames": len(frames),
+        "recompiles": sum(1 for m in frames if m.cache_size),
+        "graph_breaks": int(sum(dynamo_utils.counters["graph_break"].values())),
+        "compile_s": round(sum(m.entire_frame_compile_time_s or 0.0 for m in metrics), 3),
+    }
 
 
 @contextmanager
