@@ -29,7 +29,8 @@ LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgro
 
 def score(method: str, task: str, seed: int) -> float:
     """A distinct, known score per run (fraction): the test computes the expected cells from it."""
-    return round(0.5 + 0.05 * METHODS.index(method) + 0.1 * TASKS.index(task) + 0.013 * seed * (1 + (method == "ia3")), 6)
+    spread = 0.013 * seed * (1 + (method == "ia3"))
+    return round(0.5 + 0.05 * METHODS.index(method) + 0.1 * TASKS.index(task) + spread, 6)
 
 
 def write_record(d: Path, method: str, task: str, seed: int, status: str = "ok", curve_points: int = 300) -> Path:
@@ -135,7 +136,8 @@ def test_page_in_a_real_browser(browser, tmp_path):
     path, report = command.build([f"results_dir={results}", f"report_dir={tmp_path / 'report'}"])
     assert path == tmp_path / "report" / "index.html"
     page, messages, seconds = open_page(browser, path)
-    print(f"[report] synthetic 6x3x3 page: {path.stat().st_size / 1e6:.2f} MB, figures drawn {seconds:.2f} s after load")
+    print(f"[report] synthetic 6x3x3 page: {path.stat().st_size / 1e6:.2f} MB, "
+          f"figures drawn {seconds:.2f} s after load")
     assert errors(messages) == []
     # one row per method, with the right cells (mean ± sample std x100 of the seeds written above)
     assert sorted(visible_rows(page)) == sorted(METHODS)
@@ -205,9 +207,10 @@ def test_study_page_size_and_render_time(browser, tmp_path):
     page, messages, seconds = open_page(browser, path)
     marks = dict(page.evaluate("performance.getEntriesByType('mark').map(m => [m.name, m.startTime])"))
     dom = page.evaluate("performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd") / 1000
-    print(f"[report] glue_study_cpu page (6 methods x 3 tasks x 3 seeds): {size / 1e6:.2f} MB, built in {build_s:.1f} s, "
-          f"tables shown at {dom:.2f} s, figures drawn {seconds:.2f} s after load (plotly.js ready at {marks.get('report:plotly-loaded', 0) / 1000:.2f} s, "
-          f"figures at {marks.get('report:figures-drawn', 0) / 1000:.2f} s; load average {os.getloadavg()[0]:.1f})")
+    plotly_s, figures_s = (marks.get(f"report:{k}", 0) / 1000 for k in ("plotly-loaded", "figures-drawn"))
+    print(f"[report] glue_study_cpu page (6 methods x 3 tasks x 3 seeds): {size / 1e6:.2f} MB, built in "
+          f"{build_s:.1f} s, tables shown at {dom:.2f} s, figures drawn {seconds:.2f} s after load (plotly.js ready "
+          f"at {plotly_s:.2f} s, figures at {figures_s:.2f} s; load average {os.getloadavg()[0]:.1f})")
     assert size < 5_000_000
     assert errors(messages) == []
     assert sorted(visible_rows(page)) == sorted(METHODS)
@@ -289,7 +292,7 @@ def test_failed_run_listed_with_its_error_and_rerun_command(tmp_path):
     path, report = command.build([f"results_dir={results}", f"report_dir={tmp_path / 'report'}"])
     (f,) = report.failed
     assert f["error"] == "RuntimeError: CUDA out of memory (a test failure)"
-    assert f["command"] == "python -m bench run method=lora task=rte seed=4"
+    assert f["command"] == "python -m bench run method=lora task=rte seed=4" and f["seed"] == 4
     html = path.read_text()
     assert "Failed (1)" in html and "python -m bench run method=lora task=rte seed=4" in html
 

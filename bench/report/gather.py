@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from bench.report import runs as R
 from bench.report.sources import Records
@@ -52,6 +52,12 @@ def _num(x) -> Optional[float]:
     return None if math.isnan(v) else v
 
 
+def _seed(x):
+    """A seed as an int (pandas keeps a column with gaps as float: 4.0)."""
+    v = _num(x)
+    return int(v) if v is not None and v == int(v) else x
+
+
 def _cell(report: Report, row: dict, task: str, views: list[dict]) -> None:
     from bench import stats
 
@@ -80,7 +86,8 @@ def from_study(argv: list[str], results: str | Path, recs: Records, n_boot: int 
     rep.extra_columns = [c for c in main.columns if c not in ("method", *task_cols)]
     rep.notes = [
         f"Scores x100 on the reported split: mean ± std over seeds {', '.join(map(str, st.seeds))} [95% t-interval]; "
-        f"▲ / ▼ significantly better / worse than the reference row {st.reference!r}, ≈ no significant difference "
+        f"▲ / ▼ significantly better / worse than the reference row {st.reference!r}, ≈ no significant "
+        "difference "
         "(two-level paired bootstrap over seeds and examples, α = 0.05); the lr chosen on dev (tuning seeds "
         f"{st.tune_seeds}); #rank = 1 + the rows significantly better (ties share a rank).",
         "Step ms: median over the method's runs of each run's median step time; process peak RSS: an upper bound "
@@ -97,8 +104,8 @@ def from_study(argv: list[str], results: str | Path, recs: Records, n_boot: int 
         label = str(line["method"])
         extra = {c: {"text": str(line[c]), "sort": _num(line[c]), "sub": []} for c in rep.extra_columns}
         if label not in st.methods:   # the majority-class line
-            rep.baseline.append({"label": label, "cells": {t: {"text": str(line[c])} for t, c in zip(st.tasks, task_cols)},
-                                 "extra": extra})
+            cells_text = {t: {"text": str(line[c])} for t, c in zip(st.tasks, task_cols)}
+            rep.baseline.append({"label": label, "cells": cells_text, "extra": extra})
             continue
         row = {"label": label, "method": label, "model": st.model, "cells": {}, "extra": extra,
                "reference": label == st.reference}
@@ -150,8 +157,9 @@ def _study_tables(st, rep: Report) -> None:
                                        "test"], "rows": lines})
     lr = SR.lr_table(st)
     if not lr.empty:
-        rep.tables.append({"title": "Learning rate chosen on dev", "note": f"Mean dev score x100 (seeds {st.tune_seeds}) "
-                           "of every grid entry; * = chosen.", "columns": list(lr.columns),
+        rep.tables.append({"title": "Learning rate chosen on dev",
+                           "note": f"Mean dev score x100 (seeds {st.tune_seeds}) of every grid entry; * = chosen.",
+                           "columns": list(lr.columns),
                            "rows": [{"task": r["task"], "model": st.model, "cells": [{"text": str(x)} for x in r]}
                                     for _, r in lr.iterrows()]})
 
@@ -239,15 +247,15 @@ def from_table(argv: list[str], results: str | Path, recs: Records) -> Report:
         if f.get("status") == "unreadable" or f.get("path") in unreadable:
             continue
         rec = recs.by_source.get(f.get("path")) or {}
-        rep.failed.append({"row": f.get("row") or f.get("method"), "task": f.get("task"), "seed": f.get("seed"),
-                           "error": f.get("error"), "source": f.get("path"),
+        rep.failed.append({"row": f.get("row") or f.get("method"), "task": f.get("task"),
+                           "seed": _seed(f.get("seed")), "error": f.get("error"), "source": f.get("path"),
                            "command": R.run_command(R.overrides_of(rec)) if rec else None})
     for m in sel.missing:
-        rep.missing.append({"row": m["row"], "task": m["task"], "seed": m["seed"],
+        rep.missing.append({"row": m["row"], "task": m["task"], "seed": _seed(m["seed"]),
                             "what": "failed (see below)" if m.get("failed") else "no ok record", "command": None})
     rep.commands = list(sel.meta.get("commands") or [])
-    rep.off_protocol = [{"row": o.get("method"), "task": o.get("task"), "seed": o.get("seed"), "why": o.get("why"),
-                         "source": o.get("path")} for o in sel.off_protocol]
+    rep.off_protocol = [{"row": o.get("method"), "task": o.get("task"), "seed": _seed(o.get("seed")),
+                         "why": o.get("why"), "source": o.get("path")} for o in sel.off_protocol]
     if not sel.rows or (sel.runs.empty and not experiment):
         rep.problems.append(f"No ok run records under {results} for this table yet: run "
                             "`python -m bench run method=<m> task=<t>` (or a sweep, -m) first.")

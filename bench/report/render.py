@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import functools
 import gzip
-import json
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -43,7 +42,6 @@ def _environment():
     env = Environment(loader=PackageLoader("bench.report", TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["script_json"] = _script_json
-    env.filters["tojson_script"] = lambda obj: _script_json(json.dumps(obj, default=str))
     env.filters["num"] = lambda v, spec=".2f": "-" if v is None else format(v, spec)
     return env
 
@@ -53,24 +51,21 @@ def _asset(name: str) -> Markup:
 
 
 def render(report, figures: dict[str, Any], command: str) -> str:
-    from importlib import metadata
-
     version, bundle = plotly_bundle()
     meta = {"generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
-            "plotly_js": version, "bench": metadata.version("peft-bench") if _installed("peft-bench") else "?"}
+            "plotly_js": version, "bench": _version("peft-bench")}
     return _environment().get_template("index.html.j2").render(
         report=report, figures=figures, meta=meta, css=_asset("report.css"), js=_asset("report.js"),
         plotly_b64=bundle, cells=list(enumerate(report.cells)))
 
 
-def _installed(dist: str) -> bool:
+def _version(dist: str) -> str:
     from importlib import metadata
 
     try:
-        metadata.version(dist)
-        return True
+        return metadata.version(dist)
     except metadata.PackageNotFoundError:
-        return False
+        return "?"
 
 
 def write(text: str, path: Path) -> Path:

@@ -37,7 +37,8 @@ def problems(value: Any) -> list[str]:
     """What is wrong with a train.report_to value (an empty list when fine), one line each."""
     v = "none" if value is None else str(value)
     if v not in CHOICES:
-        return [f"train.report_to must be one of {' | '.join(CHOICES)} (got {value!r}); e.g. train.report_to=tensorboard"]
+        return [f"train.report_to must be one of {' | '.join(CHOICES)} (got {value!r}); "
+                "e.g. train.report_to=tensorboard"]
     if v != "none" and not installed(v):
         return [f"train.report_to={v} needs the {PACKAGES[v]} package, which is not installed: "
                 f"pip install 'peft-bench[trackers]' (or pip install {PACKAGES[v]}), or train.report_to=none"]
