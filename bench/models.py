@@ -77,7 +77,11 @@ def build_model(mcfg: Any, task_type: str, tokenizer=None, **head_kwargs) -> nn.
 def tiny_config(mcfg: Any, tokenizer=None, **head_kwargs):
     from transformers import AutoConfig
 
-    kw = dict(mcfg.config)
+    from bench.arch import ARCHS, arch_name
+
+    # a random model of an embedded architecture's shape (model.arch, bench/arch.py), with model.config on top
+    embedded = ARCHS[arch_name(mcfg)]["config"] if mcfg.get("arch") and arch_name(mcfg) else {}
+    kw = {**embedded, **dict(mcfg.get("config") or {})}
     if tokenizer is not None:
         kw.setdefault("vocab_size", len(tokenizer))
         if tokenizer.pad_token_id is not None:

@@ -16,22 +16,6 @@ from bench.errors import BenchError
 FAMILY_TASK_TYPES = {"glue": "seq_cls", "squad": "qa", "reasoning": "causal_lm"}
 
 
-def _split(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(methods, method.* overrides, other overrides)."""
-    methods: list[str] = []
-    method_keys: list[str] = []
-    rest: list[str] = []
-    for a in argv:
-        key = a.split("=", 1)[0]
-        if key == "method":
-            methods += [m.strip() for m in a.split("=", 1)[1].split(",") if m.strip()]
-        elif key.lstrip("+~").startswith("method."):
-            method_keys.append(a)
-        else:
-            rest.append(a)
-    return methods, method_keys, rest
-
-
 def task_type_for(cfg, explicit_task: bool) -> str:
     """The task family's model type; a decoder-only model with no task= given is counted as a causal LM."""
     from bench.arch import is_decoder
@@ -57,7 +41,7 @@ def count_for(cfg, task_type: str, total_steps: int = 1000) -> dict[str, Any]:
     from bench.models import head_modules
     from bench.params import count_parameters
     from bench.runner import plain, resolve_method
-    from methods import MethodContext
+    from bench.training import method_context
 
     method = resolve_method(cfg)
     head_kwargs: dict[str, Any] = {}
@@ -69,17 +53,9 @@ def count_for(cfg, task_type: str, total_steps: int = 1000) -> dict[str, Any]:
     model = build_meta(cfg.model, task_type, **head_kwargs)
     heads = head_modules(model)
     base_total = count_parameters(model)["total"]
-    ctx = MethodContext(
-        task_type=task_type,
-        task_name=cfg.task.name,
-        model_type=model.config.model_type,
-        head_modules=heads,
-        train_head=task_type != "causal_lm",
-        total_steps=total_steps,  # only schedules depend on it (ID3's B/T), never a count
-        seed=int(cfg.seed),
-        cache_dir="/nonexistent-bench-params-cache",  # nothing may be cached from shapes
-        num_labels=cfg.task.get("num_labels"),
-    )
+    # total_steps: only schedules depend on it (ID3's B/T), never a count; nothing may be cached from shapes
+    ctx = method_context(model, task_type, cfg, total_steps=total_steps, heads=heads,
+                         cache_dir="/nonexistent-bench-params-cache")
     mcfg = plain(cfg.method)
     with torch.device("meta"):  # new adapter tensors live on meta too
         model = method.apply(model, mcfg, ctx)
@@ -92,9 +68,9 @@ def params_table(argv: list[str]):
     """The rows of `bench params` as a pandas DataFrame (one row per method)."""
     import pandas as pd
 
-    from bench.cli import CONF_DIR, compose
+    from bench.cli import CONF_DIR, compose, method_overrides_for, split_overrides
 
-    methods, method_keys, rest = _split(argv)
+    methods, method_keys, _, rest = split_overrides(argv, "params")
     known = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
     explicit_task = any(a.split("=", 1)[0] == "task" for a in rest)
     if not methods:
@@ -113,11 +89,7 @@ def params_table(argv: list[str]):
             rows.append({"method": m, "error": f"no conf/method/{m}.yaml (known: {', '.join(known)})"})
             continue
         base = compose([*rest, f"method={m}"])
-        applicable, skipped = [], []
-        for o in method_keys:
-            key = o.split("=", 1)[0]
-            top = key.lstrip("+~").split(".")[1]
-            (applicable if key.startswith("+") or top in base.method else skipped).append(o)
+        applicable, skipped = method_overrides_for(base.method, method_keys)
         cfg = compose([*rest, f"method={m}", *applicable]) if applicable else base
         task_type = task_type_for(cfg, explicit_task)
         from methods import MethodConfigError

@@ -19,7 +19,6 @@ from bench import records
 from bench.cost import CostCallback, memory_figures
 from bench.data import DEV_ALIAS, default_cache_dir
 from bench.errors import BenchError
-from bench.params import count_parameters
 
 PROCESS_START = time.perf_counter()
 
@@ -269,9 +268,7 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     import torch
     from transformers import set_seed
 
-    from methods import MethodContext
-    from bench import checkpoint
-    from bench.models import head_modules
+    from bench import checkpoint, training
 
     t = cfg.train
     if t.num_threads:
@@ -282,35 +279,13 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     record["data"] = data.info
     tokenizer = family.load_tokenizer()
     model = family.build_model(tokenizer)
-    heads = head_modules(model)
-    base_total = count_parameters(model)["total"]
     # the tokenized train set is what the Trainer steps over (QA: one feature per window, not per example)
     train_ds = family.train_dataset(data, tokenizer)
     record["data"]["tokenized_cache_hit"] = getattr(family, "last_cache_hit", None)
     total_steps = optimizer_steps(len(train_ds), t)
-    mcfg = plain(cfg.method)
-    ctx = MethodContext(
-        task_type=family.task_type,
-        task_name=cfg.task.name,
-        model_type=model.config.model_type,
-        head_modules=heads,
-        train_head=family.task_type != "causal_lm",
-        total_steps=total_steps,
-        seed=int(cfg.seed),
-        cache_dir=str(default_cache_dir(cfg.cache_dir) / "methods"),
-        num_labels=cfg.task.get("num_labels"),
-    )
-    set_seed(int(cfg.seed))  # the method's own initialisation is seeded too
-    from methods import MethodConfigError
-
-    try:
-        model = method.apply(model, mcfg, ctx)
-    except MethodConfigError as e:  # a setting that only the model's shapes can refute (e.g. LoRA-Dash s > rank)
-        raise BenchError(str(e)) from None
-    if t.gradient_checkpointing:
-        _enable_gradient_checkpointing(model)
-    record["params"] = count_parameters(model, heads, base_total, method.trainable_parameters(model, mcfg))
-    record["params"]["head_modules"] = heads
+    applied = training.apply_method(cfg, method, model, family.task_type, total_steps)
+    model, ctx, mcfg = applied.model, applied.ctx, applied.mcfg
+    record["params"] = applied.params
     if record["params"]["trainable"] == 0:
         raise BenchError(f"method {cfg.method.name!r} left no trainable parameter on this model; check its targets")
 
@@ -330,11 +305,8 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     callbacks.append(harness)
     train_cfg = plain(t)
     optimizer = method.create_optimizer(model, mcfg, ctx, train_cfg)
-    # an optimizer that clips during its own step (ID3 in backward mode) takes train.max_grad_norm itself
-    clips_itself = bool(getattr(optimizer, "handles_grad_clipping", False))
     ckpt_root = artifact_dir / "checkpoints"
-    trainer = _make_trainer(cfg, model, train_ds, family.collator(tokenizer), callbacks, optimizer, ckpt_root,
-                            trainer_clips=not clips_itself)
+    trainer = training.make_trainer(cfg, model, train_ds, family.collator(tokenizer), callbacks, optimizer, ckpt_root)
     from bench.report import trackers
 
     if trackers.where(trainer):  # train.report_to: where the Trainer's tracker writes
@@ -497,69 +469,6 @@ def _rng_untouched():
     finally:
         random.setstate(py)
         np.random.set_state(npy)
-
-
-def _enable_gradient_checkpointing(model) -> None:
-    target = model
-    while not hasattr(target, "gradient_checkpointing_enable") and hasattr(target, "base_model"):
-        target = target.base_model
-    if hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
-    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def _make_trainer(cfg, model, train_ds, collator, callbacks, optimizer, output_dir: Path, trainer_clips=True):
-    import torch
-    from transformers import TrainingArguments
-
-    from bench import checkpoint
-    from bench.report import trackers
-
-    t = cfg.train
-    warmup = float(t.warmup_steps) if float(t.warmup_steps) > 0 else float(t.warmup_ratio)
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=int(t.batch_size),
-        per_device_eval_batch_size=int(t.eval_batch_size),
-        gradient_accumulation_steps=int(t.grad_accum),
-        learning_rate=float(t.lr),
-        num_train_epochs=float(t.epochs) if t.epochs is not None else 1.0,
-        max_steps=int(t.max_steps) if t.max_steps is not None else -1,
-        warmup_steps=warmup,
-        lr_scheduler_type=t.scheduler,
-        weight_decay=float(t.weight_decay),
-        max_grad_norm=float(t.max_grad_norm) if trainer_clips else 0.0,
-        adam_beta1=float(t.adam_beta1),
-        adam_beta2=float(t.adam_beta2),
-        adam_epsilon=float(t.adam_epsilon),
-        logging_steps=int(t.logging_steps),
-        logging_first_step=True,
-        save_strategy="steps" if t.get("save_every") else "no",
-        save_steps=int(t.save_every) if t.get("save_every") else 500,
-        save_total_limit=int(t.get("save_keep") or 2),
-        eval_strategy="no",
-        **trackers.trainer_args(cfg, output_dir),  # train.report_to (bench/report/trackers.py)
-        seed=int(cfg.seed),
-        data_seed=int(cfg.seed),
-        disable_tqdm=not t.progress,
-        remove_unused_columns=False,
-        # tasks may ask for length-grouped batches (little padding); they give a 'length' column
-        train_sampling_strategy="group_by_length" if cfg.task.get("group_by_length") else "random",
-        bf16=t.precision == "bf16",
-        fp16=t.precision == "fp16",
-        dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-    )
-    trainer = checkpoint.CheckpointTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        data_collator=collator,
-        callbacks=callbacks,
-        optimizers=(optimizer, None) if optimizer is not None else (None, None),
-    )
-    trackers.attach(trainer, output_dir)
-    return trainer
 
 
 def _print_summary(record: dict) -> None:

@@ -126,15 +126,14 @@ def child(args) -> dict:
     train_cfg = dict(lr=args.lr, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
 
     if args.child in ("ours", "ours_std"):
-        from methods.base import MethodContext
+        from bench.training import method_context
         from methods.registry import get_method
 
         method = get_method("id3")
         cfg = dict(name="id3", budget=args.budget, T=args.T, schedule=args.schedule, eps=1e-3, exp=0,
                    scope="backbone", base=None, base_cfg={}, in_backward=args.child == "ours")
         method.validate(cfg)
-        ctx = MethodContext(task_type="seq_cls", model_type=model.config.model_type, head_modules=["classifier"],
-                            total_steps=args.T)
+        ctx = method_context(model, "seq_cls", total_steps=args.T)  # head: the classifier
         model = method.apply(model, cfg, ctx)
         opt = method.create_optimizer(model, cfg, ctx, train_cfg)
     elif args.child == "peer":

@@ -6,72 +6,74 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from bench import perf
 from bench.errors import BenchError
+from bench.perf import driver, options, session
 
 TINY = ["model=tiny-bert", "task=sst2"]
 SMALL = ["perf.batch_size=2", "perf.seq_len=8", "perf.eval_steps=1", "perf.threads=1"]
 
 
 def _session(method: str, extra=()):
-    p = perf.perf_options(["perf.steps=2", "perf.warmup=0", *SMALL])
-    cfg = perf.method_configs([method], [], [*TINY, *extra], p)[method]
-    return perf.Session(cfg, perf.OmegaConf.to_container(p, resolve=True))
+    p = options.perf_options(["perf.steps=2", "perf.warmup=0", *SMALL])
+    cfg = options.method_configs([method], [], [*TINY, *extra], p)[method]
+    return session.Session(cfg, OmegaConf.to_container(p, resolve=True))
 
 
 # --- options --------------------------------------------------------------------------------------
 def test_parse_argv_splits_methods_perf_method_and_hydra_overrides():
-    methods, p_ov, m_ov, rest = perf.parse_argv(
+    methods, p_ov, m_ov, rest = options.parse_argv(
         ["method=full,lora", "perf.steps=3", "method.r=4", "model=tiny-bert", "train.precision=bf16"])
     assert methods == ["full", "lora"]
     assert p_ov == ["perf.steps=3"]
-    assert m_ov == ["r=4"]
+    assert m_ov == ["method.r=4"]  # as given: the one splitter (bench.cli.split_overrides) keeps the prefix
     assert rest == ["model=tiny-bert", "train.precision=bf16"]
 
 
 def test_unknown_perf_option_suggests_the_right_one():
     with pytest.raises(BenchError, match=r"perf\.stepz.*did you mean perf\.steps"):
-        perf.perf_options(["perf.stepz=3"])
+        options.perf_options(["perf.stepz=3"])
 
 
 @pytest.mark.parametrize("bad", ["perf.steps=0", "perf.warmup=-1", "perf.rounds=5", "perf.device=tpu"])
 def test_bad_perf_values_are_rejected(bad):
     with pytest.raises(BenchError, match="perf"):
-        perf.perf_options(["perf.steps=4", bad])
+        options.perf_options(["perf.steps=4", bad])
 
 
 def test_unknown_method_is_an_actionable_error():
-    p = perf.perf_options([])
+    p = options.perf_options([])
     with pytest.raises(BenchError, match="Did you mean 'lora'"):
-        perf.method_configs(["lorra"], [], TINY, p)
+        options.method_configs(["lorra"], [], TINY, p)
 
 
 def test_method_override_reaches_only_methods_that_have_the_key():
-    p = perf.perf_options([])
-    cfgs = perf.method_configs(["frozen", "full", "lora"], ["r=4"], TINY, p)
+    p = options.perf_options([])
+    cfgs = options.method_configs(["frozen", "full", "lora"], ["method.r=4"], TINY, p)
     assert cfgs["lora"]["method"]["r"] == 4
     assert "r" not in cfgs["full"]["method"]
     assert cfgs["frozen"]["method"] == {"name": "frozen"}
     assert cfgs["full"]["model"]["name"] == "tiny-bert"
     with pytest.raises(BenchError, match="method.nosuch"):
-        perf.method_configs(["full", "lora"], ["nosuch=1"], TINY, p)
+        options.method_configs(["full", "lora"], ["method.nosuch=1"], TINY, p)
 
 
 def test_split_steps_and_rotation():
-    assert perf.split_steps(7, 3) == [3, 2, 2]
-    assert sum(perf.split_steps(20, 20)) == 20
-    assert perf.rotated(["a", "b", "c"], 1) == ["b", "c", "a"]
-    assert perf.rotated(["a", "b", "c"], 3) == ["a", "b", "c"]
+    assert driver.split_steps(7, 3) == [3, 2, 2]
+    assert sum(driver.split_steps(20, 20)) == 20
+    assert driver.rotated(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert driver.rotated(["a", "b", "c"], 3) == ["a", "b", "c"]
 
 
 def test_synthetic_batches_per_task_type():
-    b = perf.synthetic_batch("causal_lm", 50000, 3, 7, None, False, 0)
+    b = session.synthetic_batch("causal_lm", 50000, 3, 7, None, False, 0)
     assert b["input_ids"].shape == (3, 7) and torch.equal(b["labels"], b["input_ids"])
     assert b["input_ids"].min() >= 1000  # clear of special tokens
-    b = perf.synthetic_batch("seq_cls", 50000, 3, 7, 3, False, 0)
+    b = session.synthetic_batch("seq_cls", 50000, 3, 7, 3, False, 0)
     assert b["labels"].shape == (3,) and b["labels"].max() < 3
-    b = perf.synthetic_batch("qa", 50000, 3, 7, None, False, 0)
+    b = session.synthetic_batch("qa", 50000, 3, 7, None, False, 0)
     assert (b["start_positions"] <= b["end_positions"]).all() and b["end_positions"].max() < 7
 
 
@@ -222,3 +224,55 @@ def test_startup_counts_from_process_start_for_the_first_run_only(monkeypatch):
     assert cost.startup_origin(run_start) == pytest.approx(start, abs=0.05)  # first run: imports count
     later = time.perf_counter()
     assert cost.startup_origin(later) == later  # a second run of a sweep counts from its own start
+
+
+# --- one training step: perf times the Trainer's own step, built by the run's Trainer factory -------------------
+def test_perf_times_the_step_bench_run_trains_with(monkeypatch):
+    """perf has no training step of its own: patching the Trainer's step (what `bench run` trains with) changes what
+    perf calls and times, and perf's Trainer comes from the run's factory (bench.training.make_trainer)."""
+    import time
+
+    from bench import checkpoint, training
+
+    calls = []
+    real_step = checkpoint.CheckpointTrainer.training_step
+
+    def slow_step(self, model, inputs, num_items_in_batch=None):
+        calls.append(tuple(inputs["input_ids"].shape))
+        time.sleep(0.25)
+        return real_step(self, model, inputs, num_items_in_batch)
+
+    monkeypatch.setattr(checkpoint.CheckpointTrainer, "training_step", slow_step)
+    built = []
+    real_make = training.make_trainer
+    monkeypatch.setattr(training, "make_trainer", lambda *a, **kw: built.append(a[0]) or real_make(*a, **kw))
+    s = _session("lora")
+    assert len(built) == 1 and built[0].train.batch_size == 2 and built[0].train.max_steps == 2
+    assert calls == []  # built and waiting before step 1
+    times, cpu = s.train(2)
+    assert calls == [(2, 8), (2, 8)]  # perf.batch_size x perf.seq_len, one Trainer step per timed step
+    assert all(t >= 0.25 for t in times)  # the patched step is what the clock measured
+    s.close()
+
+
+def test_a_session_closes_its_trainer_loop():
+    s = _session("frozen")
+    s.train(1)
+    s.close()
+    assert not s._thread.is_alive() and s.pacer.error is None
+
+
+@pytest.mark.slow  # dynamo traces the model twice (about a minute on a loaded 2-core CPU)
+def test_compiled_perf_reports_compile_time_apart_from_the_steps():
+    rec = driver.main([*TINY, "method=lora", "perf.steps=2", "perf.warmup=2", *SMALL, "perf.isolate=false",
+                       "perf.floor=false", "perf.results_dir=null", "train.compile=true",
+                       "train.compile_backend=aot_eager"])
+    r = rec["results"]["lora"]
+    assert r["status"] == "ok", r.get("error")
+    assert rec["compile"] is True and r["compiled"] is True
+    c = r["compile"]
+    assert c["frames"] >= 1 and c["compile_s"] > 0 and c["graph_breaks"] == 0
+    assert c["frames_in_timed_steps"] == 0 and c["compile_s_in_timed_steps"] == 0  # all in the warm-up
+    # the first step carries the compilation: far slower than the timed steps, and reported apart from them
+    assert r["first_step_s"] > 3 * r["step_time_median_s"] and r["warmup_excess_s"] > 0
+    assert r["compile_s"] == c["compile_s"]
