@@ -15,10 +15,9 @@ from typing import Optional
 
 import pandas as pd
 
-from bench import stats
-from bench.study_table import Study, iter_records, ranks, reported_runs, vs
+from bench.study_table import Study, ranks, reported_runs, vs
+from bench.table import REPO_ROOT, to_markdown
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CLAIMS = REPO_ROOT / "results" / "paper" / "claims" / "study_claims.yaml"
 TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "rte": "RTE", "qnli": "QNLI", "mrpc": "MRPC", "stsb": "STS-B",
                "qqp": "QQP", "mnli": "MNLI"}
@@ -179,8 +178,6 @@ def _cell_first(st: Study, method: str, key: str):
 
 
 def markdown(st: Study, command: str) -> str:
-    from bench.table import to_markdown
-
     tune_n = sum(1 for c in st.expected.values() if c["tune"])
     rep_needed = len(st.tasks) * len(st.methods) * (len(st.seeds) - len(st.tune_seeds))
     todo = gaps(st)
@@ -342,13 +339,9 @@ def plots(st: Study, out: Path) -> list[Path]:
     return paths
 
 
-def export_records(st: Study, results, out: Path) -> Path:
+def export_records(st: Study, out: Path) -> Path:
     """The matched records as one gzip JSON-lines file (sorted, no timestamp: the same records give the same bytes)."""
-    keep = set(st.runs["hash"]) if not st.runs.empty else set()
-    recs = {}
-    for _, rec in iter_records(results):
-        if rec.get("config_hash") in keep:
-            recs[rec["config_hash"]] = rec
+    recs = {} if st.runs.empty else dict(zip(st.runs["hash"], st.runs["record"]))
     path = out / "records.jsonl.gz"
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
@@ -373,5 +366,5 @@ def write(st: Study, results, out: Path, command: str) -> list[Path]:
         paths += plots(st, out)
         src = Path(results).resolve()
         if not (src.is_file() and src == (out / "records.jsonl.gz").resolve()):
-            paths.append(export_records(st, results, out))
+            paths.append(export_records(st, out))
     return paths

@@ -12,8 +12,6 @@ are ties. Rendering lives in bench.study_report.
 
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -23,8 +21,11 @@ import pandas as pd
 from bench import records, stats
 from bench.errors import BenchError
 from bench.predictions import decode_splits
+from bench.table.frame import SCALE, iter_records, load_records  # noqa: F401  (iter_records: re-exported)
 
-SCALE = 100.0
+# the record fields a study keeps per run (bench.table.frame.record_row names them)
+RUN_COLUMNS = ["dev_score", "chosen_on", "epoch", "trainable", "trainable_method", "total", "step_time_s",
+               "optimizer_state_bytes", "peak_rss_mb", "wall_s", "steps", "git"]
 
 
 @dataclass
@@ -53,32 +54,8 @@ def is_study(root) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
-# records
+# the task's main metric
 # ------------------------------------------------------------------------------------------------
-def iter_records(results: str | Path):
-    """Every record under a folder (*.json, *.json.gz, *.jsonl.gz) or in one such file: (source, dict)."""
-    results = Path(results)
-    if not results.exists():
-        raise BenchError(f"no results at {results}; run the study first (python -m bench run -m experiment=...) "
-                         "or point results_dir= at a folder or a records.jsonl.gz")
-    files = [results] if results.is_file() else sorted(
-        p for p in [*results.rglob("*.json"), *results.rglob("*.json.gz"), *results.rglob("*.jsonl.gz")]
-        if records.is_record_file(p, results))
-    for path in files:
-        try:
-            if path.name.endswith(".jsonl.gz"):
-                with gzip.open(path, "rt") as f:
-                    for i, line in enumerate(f):
-                        if line.strip():
-                            yield f"{path}:{i + 1}", json.loads(line)
-                continue
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rt") as f:
-                yield str(path), json.load(f)
-        except (OSError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            yield str(path), {"status": "unreadable", "error": f"{type(e).__name__}: {e}"}
-
-
 def _main_metric_parts(task_cfg) -> dict:
     from bench.tasks.glue import metric_key
 
@@ -138,39 +115,32 @@ def expected_runs(argv: list[str]) -> Study:
     return st
 
 
-def match(st: Study, results: str | Path) -> None:
-    rows = []
-    seen_failed = set()
-    for source, rec in iter_records(results):
-        cell = st.expected.get(rec.get("config_hash"))
-        if cell is None:
-            continue
-        if rec.get("status") != "ok":
-            seen_failed.add(rec.get("config_hash"))
-            st.failed.append({**cell, "source": source, "error": rec.get("error")})
-            continue
-        sel = rec.get("selection") or {}
-        preds = decode_splits(rec.get("predictions"))
-        p, tr = rec.get("params") or {}, rec.get("train") or {}
-        info = st.task_info[cell["task"]]
-        rows.append({
-            **cell, "hash": rec["config_hash"], "source": source,
-            "score": float(rec["main_score"]) * SCALE,
-            "dev_score": sel.get("dev_score"), "chosen_on": sel.get("chosen_on"), "epoch": sel.get("epoch"),
-            "trainable": p.get("trainable"), "trainable_method": p.get("trainable_method"), "total": p.get("total"),
-            "step_time_s": tr.get("step_time_median_s"), "optimizer_state_bytes": tr.get("optimizer_state_bytes"),
-            "peak_rss_mb": (rec.get("memory") or {}).get("peak_rss_mb"),
-            "wall_s": rec.get("wall_s"), "steps": tr.get("steps"),
-            "pred": (preds.get(info["alias"]) or {}).get("pred"), "label": (preds.get(info["alias"]) or {}).get("label"),
-            "label_fp": (preds.get(info["alias"]) or {}).get("label_fingerprint"),
-            "git": (rec.get("git") or {}).get("commit"),
-        })
-    df = pd.DataFrame(rows)
-    if not df.empty:  # one record per hash (a copy in two folders counts once)
-        df = df.drop_duplicates("hash")
-    st.runs = df
-    have = set(df["hash"]) if not df.empty else set()
-    st.missing = [{**c, "hash": h, "failed": h in seen_failed} for h, c in st.expected.items() if h not in have]
+def match(st: Study, results: str | Path, df: Optional[pd.DataFrame] = None) -> None:
+    """The study's runs among the records (bench.table.frame.load_records, or df when already loaded): ok records
+    of expected hashes (one per hash), the failed ones, and the expected runs still missing."""
+    df = load_records(results, missing_ok=False) if df is None else df
+    if "config_hash" not in df:  # no run record at all
+        df = pd.DataFrame(columns=["config_hash", "status", "path", "error"])
+    hits = df[df["config_hash"].isin(list(st.expected))]
+    failed = hits[hits["status"] != "ok"]
+    st.failed = [{**st.expected[h], "source": s, "error": e}
+                 for h, s, e in zip(failed["config_hash"], failed["path"], failed["error"])]
+    ok = hits[hits["status"] == "ok"].drop_duplicates("config_hash")  # a copy in two folders counts once
+    cells = pd.DataFrame.from_dict(st.expected, orient="index")
+    keep = ["config_hash", "path", "main_score", *RUN_COLUMNS, "predictions", "record"]
+    runs = pd.DataFrame()
+    if len(ok):
+        runs = ok[keep].rename(columns={"config_hash": "hash", "path": "source"}).join(cells, on="hash")
+        runs = runs.reset_index(drop=True)
+        runs["score"] = pd.to_numeric(runs.pop("main_score"), errors="coerce") * SCALE
+        # the reported split's per-example predictions, for the paired tests
+        preds = [decode_splits(p).get(st.task_info[t]["alias"]) or {} for p, t in zip(runs.pop("predictions"), runs["task"])]
+        for col, key in (("pred", "pred"), ("label", "label"), ("label_fp", "label_fingerprint")):
+            runs[col] = pd.Series([p.get(key) for p in preds], index=runs.index, dtype=object)
+    st.runs = runs
+    have = set(runs["hash"]) if not runs.empty else set()
+    failed_hashes = set(failed["config_hash"])
+    st.missing = [{**c, "hash": h, "failed": h in failed_hashes} for h, c in st.expected.items() if h not in have]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,7 +264,8 @@ def ranks(st: Study) -> dict[tuple[str, str], int]:
     return out
 
 
-def build(argv: list[str], results: str | Path, n_boot: int = 2000) -> Study:
+def build(argv: list[str], results: str | Path, n_boot: int = 2000, df: Optional[pd.DataFrame] = None) -> Study:
+    """The study table's content; df: the records when already loaded (bench.table.frame.load_records)."""
     st = expected_runs(argv)
     for a in argv:
         if a.startswith("reference="):
@@ -302,7 +273,7 @@ def build(argv: list[str], results: str | Path, n_boot: int = 2000) -> Study:
     if st.reference not in st.methods:
         raise BenchError(f"reference={st.reference!r} is not a row of this table (rows: {', '.join(st.methods)}); "
                          f"choose one of them, e.g. reference={st.methods[0]}")
-    match(st, results)
+    match(st, results, df)
     choose(st)
     pairwise(st, n_boot)
     return st

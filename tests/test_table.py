@@ -281,3 +281,65 @@ def test_runs_csv_is_flat(tmp_path):
     assert "config" not in csv.columns and "loss_curve" not in csv.columns
     assert csv.loc[0, "metric.accuracy"] == pytest.approx(0.6)
     assert json.loads((runs / Path(csv.loc[0, "path"]).name).read_text())["status"] == "ok"
+
+
+# ------------------------------------------------------------------------------------------------
+# records -> frame in one place; composition through bench.cli.compose
+# ------------------------------------------------------------------------------------------------
+def test_main_reads_the_records_once(tmp_path, monkeypatch):
+    from bench.table import frame
+
+    runs = tmp_path / "runs"
+    write_record(runs, *plain_config("lora", "rte", 1), metrics={"accuracy": 0.6})
+    calls = []
+    real = frame.load_records
+
+    def counting(*a, **kw):
+        calls.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(frame, "load_records", counting)
+    monkeypatch.setattr(table, "load_records", counting)
+    monkeypatch.setattr(table.protocol, "load_records", counting)
+    table.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
+    assert len(calls) == 1
+    assert "| 60.00 " in (tmp_path / "t" / "summary.md").read_text()
+
+
+def test_load_records_reads_gzip_and_json_lines_and_lists_unreadable_files(tmp_path):
+    import gzip
+
+    runs = tmp_path / "runs"
+    path = write_record(runs, *plain_config("lora", "rte", 1), metrics={"accuracy": 0.6})
+    rec = json.loads(path.read_text())
+    with gzip.open(runs / "one.json.gz", "wt") as f:
+        json.dump({**rec, "config_hash": "h2", "seed": 2}, f)
+    with gzip.open(runs / "many.jsonl.gz", "wt") as f:
+        for seed in (3, 4):
+            f.write(json.dumps({**rec, "config_hash": f"h{seed}", "seed": seed}) + "\n")
+    (runs / "torn.json").write_text("{not json")
+    (runs / "perf__x.json").write_text(json.dumps({"kind": "perf", "config_hash": "p", "results": {}}))
+    df = table.load_records(runs)
+    ok = df[df["status"] == "ok"]
+    assert sorted(ok["seed"]) == [1, 2, 3, 4] and sorted(ok["main_score"]) == [0.6] * 4
+    assert any(p.endswith("many.jsonl.gz:2") for p in ok["path"])
+    bad = df[df["status"] == "unreadable"]
+    assert list(bad["path"]) == [str(runs / "torn.json")] and "JSONDecodeError" in bad["error"].iloc[0]
+    assert "p" not in set(df["config_hash"])  # a `bench perf` record is not a run
+    assert df.loc[df["seed"] == 1, "record"].iloc[0]["config_hash"] == rec["config_hash"]  # the raw record, kept
+
+
+def test_composer_composes_through_the_one_cli_compose(monkeypatch):
+    from bench import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "compose", lambda overrides, hydra=False: seen.append((list(overrides), hydra)) or "cfg")
+    with Composer() as compose:
+        assert compose(["task=rte"], hydra=True) == "cfg" and compose(["task=sst2"]) == "cfg"
+    assert seen == [(["task=rte"], True), (["task=sst2"], False)]
+
+
+def test_a_bad_override_is_one_bench_error():
+    with pytest.raises(table.BenchError, match="cannot compose"):
+        with Composer() as compose:
+            compose(["method=no_such_method"])

@@ -1,0 +1,118 @@
+"""Records -> tables: `python -m bench table [experiment=<name>] [results_dir=...] [key=value ...]`.
+
+One job per module:
+
+* bench.table.frame: records -> one pandas DataFrame (load_records, also for the study table and plots) and
+  the per-cell statistics (cell_stats: a groupby over (row, task));
+* bench.table.protocol: which runs a table holds - the experiment / paper protocol matched by config hash
+  (configs composed by bench.cli.compose, as `bench run` composes them), or every ok record;
+* bench.table.render: the display frame, Markdown, LaTeX, header and gap lines;
+* here: the command (records loaded once, then the study table or the paper / records table).
+
+Records store metrics as fractions; tables print them x100, mean +- sample std over seeds.
+Output: Markdown, LaTeX and CSV under ``+tables_dir=...`` (default: <results_dir>/../tables); a study
+(an experiment with ``study.lr_grid``) goes through bench.study_table / bench.study_report instead.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.table.frame import SCALE, cell_stats, count_range, flat_csv, iter_records, load_records, record_row, scores
+from bench.table.frame import score_of as _score
+from bench.table.protocol import (
+    FILTER_KEYS,
+    PAPER_DIR,
+    REPO_ROOT,
+    TABLE_ONLY_KEYS,
+    Composer,
+    Selection,
+    _explicit,
+    config_diff,
+    fill_commands,
+    load_paper,
+    merge_overrides,
+    run_config,
+    select,
+    select_experiment,
+    select_records,
+    sweep_values,
+)
+from bench.table.render import display_table, gap_lines, header_lines, to_latex, to_markdown
+
+__all__ = [
+    "FILTER_KEYS", "PAPER_DIR", "REPO_ROOT", "SCALE", "STUDY_ONLY_KEYS", "TABLE_ONLY_KEYS", "BenchError",
+    "Composer", "Selection", "cell_stats", "config_diff", "count_range", "display_table", "fill_commands",
+    "flat_csv", "gap_lines", "header_lines", "iter_records", "load_paper", "load_records", "main",
+    "merge_overrides", "record_row", "run_config", "scores", "select", "select_experiment", "select_records",
+    "sweep_values", "to_latex", "to_markdown",
+]  # fmt: skip
+
+STUDY_ONLY_KEYS = ("reference", "n_boot")  # `bench table` options of a study table, not config keys
+
+
+def _error(e: BenchError) -> None:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: list[str]) -> None:
+    from bench import study_table
+    from bench.cli import compose
+
+    _, rest = _explicit(argv)
+    study_opts = [a for a in rest if a.split("=", 1)[0] in STUDY_ONLY_KEYS]
+    rest = [a for a in rest if a not in study_opts]
+    try:
+        cfg = compose(rest)
+        if study_table.is_study(cfg):
+            return _study_main(argv, cfg)
+        if study_opts:
+            raise BenchError(f"{', '.join(study_opts)} apply to study tables only (an experiment with study.lr_grid)")
+        df = load_records(cfg.results_dir)  # read once: the table's runs and runs.csv
+        sel = select(argv, cfg.results_dir, df=df)
+    except BenchError as e:
+        _error(e)
+    out_dir = Path(cfg.get("tables_dir") or Path(cfg.results_dir).parent / "tables")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = sel.meta.get("experiment") or "summary"
+    if not df.empty:
+        flat_csv(df).to_csv(out_dir / "runs.csv", index=False)
+    if not sel.rows or (sel.runs.empty and sel.mode != "experiment"):
+        print(f"no ok records under {cfg.results_dir} for this table; run `python -m bench run ...` first")
+        for line in gap_lines(sel):
+            print(line)
+        return
+    stats = cell_stats(sel)
+    table = display_table(sel, stats)
+    head = header_lines(sel)
+    gaps = gap_lines(sel)
+    md = to_markdown(table)
+    (out_dir / f"{stem}.md").write_text("\n\n".join(["\n".join(head), md, "\n".join(gaps)]).rstrip() + "\n")
+    (out_dir / f"{stem}.tex").write_text(to_latex(table, caption=" ".join(head[:2])) + "\n")
+    stats.to_csv(out_dir / f"{stem}.csv", index=False)
+    print("\n".join(head))
+    print()
+    print(md)
+    if gaps:
+        print()
+        print("\n".join(gaps))
+    print(f"\nwrote {out_dir}/{stem}.md, {stem}.tex, {stem}.csv, runs.csv ({len(df)} records read)")
+
+
+def _study_main(argv: list[str], cfg) -> None:
+    from bench import study_report, study_table
+
+    n_boot = int(next((a.split("=", 1)[1] for a in argv if a.startswith("n_boot=")), 2000))
+    st = study_table.build(argv, cfg.results_dir, n_boot=n_boot)
+    out_dir = Path(cfg.get("tables_dir") or REPO_ROOT / "results" / "studies" / st.name)
+    command = "python -m bench table " + " ".join(shlex.quote(a) for a in argv)
+    if st.runs.empty:
+        print(f"no records of study {st.name!r} under {cfg.results_dir}; run `python -m bench run -m experiment={st.name}`")
+        return
+    paths = study_report.write(st, cfg.results_dir, out_dir, command)
+    print((out_dir / "summary.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
