@@ -264,12 +264,8 @@ def from_table(argv: list[str], results: str | Path, recs: Records) -> Report:
 
 def _perf_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     """`bench perf`'s own table of a record (header, rows of display strings)."""
-    try:
-        from bench.perf.report import frame
-    except ImportError:  # bench/perf.py before it became a package: the same table as rows of strings
-        from bench.perf import table_rows
+    from bench.perf.report import frame
 
-        return table_rows(summary)
     df = frame(summary)
     return [str(c) for c in df.columns], df.astype(str).values.tolist()
 
