@@ -92,7 +92,8 @@ def test_missing_package_is_one_line(glue_dir, tmp_path, tracker, monkeypatch):
 def test_offline_destinations_and_the_users_own_settings(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    for k in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+    for k in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME",
+              "MLFLOW_ALLOW_FILE_STORE"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(trackers, "_OURS", {})
     out = tmp_path / "runs" / "sst2__lora__x" / "checkpoints"
@@ -100,6 +101,7 @@ def test_offline_destinations_and_the_users_own_settings(tmp_path, monkeypatch):
     args = trackers.trainer_args(cfg, out)
     assert args == {"report_to": ["mlflow"], "run_name": "sst2__lora__x"}
     assert os.environ["MLFLOW_TRACKING_URI"] == (out.resolve().parent / "logs" / "mlruns").as_uri()
+    assert os.environ["MLFLOW_ALLOW_FILE_STORE"] == "true"   # MLflow 3 refuses a file store without it
     # the next run of the same process gets its own folder; a value the user set is left alone
     trackers.trainer_args(cfg, tmp_path / "runs" / "other" / "checkpoints")
     assert os.environ["MLFLOW_TRACKING_URI"].endswith("/runs/other/logs/mlruns")
@@ -114,7 +116,8 @@ def test_offline_destinations_and_the_users_own_settings(tmp_path, monkeypatch):
 def test_wandb_and_mlflow_log_offline_where_installed(glue_dir, tmp_path, tracker, monkeypatch):
     if not trackers.installed(tracker):
         pytest.skip(f"{tracker} is not installed (optional: pip install 'peft-bench[trackers]')")
-    for k in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+    for k in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME",
+              "MLFLOW_ALLOW_FILE_STORE"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(trackers, "_OURS", {})
     rec = runner.run(_cfg(tmp_path, glue_dir, f"train.report_to={tracker}"))

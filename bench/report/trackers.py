@@ -5,7 +5,9 @@ callback. Every tracker writes beside the run's record (<results_dir>/<record na
 
 * tensorboard: event files under logs/tensorboard (`tensorboard --logdir <results_dir>` shows every run);
 * wandb: WANDB_MODE=offline, files under logs/wandb (`wandb sync` uploads them later);
-* mlflow: a local file store, MLFLOW_TRACKING_URI=file:<...>/logs/mlruns (`mlflow ui --backend-store-uri ...`).
+* mlflow: a local file store, MLFLOW_TRACKING_URI=file:<...>/logs/mlruns (`mlflow ui --backend-store-uri ...`);
+  MLflow 3.x keeps that store in maintenance mode and refuses it unless MLFLOW_ALLOW_FILE_STORE=true, which is set
+  too (a database store such as sqlite needs SQLAlchemy, which mlflow-skinny does not bring).
 
 A WANDB_* / MLFLOW_* variable the user set before the run wins (e.g. an online W&B project or an MLflow
 server). The record keeps where the logs went (record["logging"]). The trackers do not change what is trained,
@@ -71,6 +73,7 @@ def trainer_args(cfg, output_dir: str | Path) -> dict[str, Any]:
         _set_env("WANDB_PROJECT", "peft-bench")
     elif v == "mlflow":
         _set_env("MLFLOW_TRACKING_URI", (root / "mlruns").as_uri())
+        _set_env("MLFLOW_ALLOW_FILE_STORE", "true")
         _set_env("MLFLOW_EXPERIMENT_NAME", "peft-bench")
     return {"report_to": [v], "run_name": root.parent.name}
 
