@@ -305,6 +305,20 @@ def test_corrupt_record_among_good_ones(tmp_path):
     assert report.failed == []   # unreadable files are listed once, not also as failed runs
 
 
+def test_where_the_trackers_logged_is_shown(tmp_path):
+    results = tmp_path / "runs"
+    results.mkdir()
+    logs = {"lora": {"report_to": "tensorboard", "dir": "/x/logs/tensorboard"},
+            "ia3": {"report_to": "mlflow", "uri": "file:///x/logs/mlruns", "experiment": "peft-bench"}}
+    for m, where in logs.items():
+        path = write_record(results, m, "sst2", 1, curve_points=5)
+        rec = json.loads(path.read_text())
+        path.write_text(json.dumps({**rec, "logging": where}))
+    path, report = command.build([f"results_dir={results}", f"report_dir={tmp_path / 'report'}"])
+    html = path.read_text()
+    assert "logs: tensorboard → /x/logs/tensorboard" in html and "logs: mlflow → file:///x/logs/mlruns" in html
+
+
 def test_failed_run_listed_with_its_error_and_rerun_command(tmp_path):
     results = grid_records(tmp_path / "runs")
     write_record(results, "lora", "rte", 4, status="failed")
