@@ -8,7 +8,7 @@ wraps the model the same way). Compared:
 
 - the 3 losses and the evaluation logits: ``aot_eager`` (dynamo + AOTAutograd, no code generation) to rtol 1e-6 /
   atol 1e-7 (the same kernels run, only traced); ``inductor`` (generated C++ kernels, which fuse and reorder float
-  sums) to rtol 1e-4 / atol 1e-5;
+  sums) to rtol 1e-4 / atol 1e-5; the trained tensors the same, except inductor's to atol 1e-4 (see TOL_TRAINED);
 - ID3's masks (the selected flat indices of every tensor) and LoRA-Dash's directions (chosen indices, U_s, V_s^T)
   and d, with the switch at t=2 inside the 3 steps;
 - the compiled frames: one training graph, one evaluation graph (no_grad is a guard), and for LoRA-Dash one more
@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
 DASH_T = 2
 TOL = {"aot_eager": dict(rtol=1e-6, atol=1e-7), "inductor": dict(rtol=1e-4, atol=1e-5)}
+# trained tensors after 3 AdamW steps at lr 1e-2: Adam's normalised step turns a rounding difference in a near-zero
+# gradient into up to ~lr of movement (seen: 4e-5 on 1 of 4,096 word-embedding entries, full fine-tuning, inductor)
+TOL_TRAINED = {"aot_eager": TOL["aot_eager"], "inductor": dict(rtol=1e-4, atol=1e-4)}
 METHODS = ["full", "lora", "ia3", "propulsion", "lora_dash", "id3", "id3_in_backward"]
 BACKENDS = ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)]
 
@@ -138,7 +141,7 @@ def test_compiled_training_matches_eager(case, backend):
     torch.testing.assert_close(compiled["logits"], eager["logits"], **tol)
     assert compiled["trained"].keys() == eager["trained"].keys()
     for name, value in eager["trained"].items():
-        torch.testing.assert_close(compiled["trained"][name], value, **tol, msg=name)
+        torch.testing.assert_close(compiled["trained"][name], value, **TOL_TRAINED[backend], msg=name)
     if "masks" in eager:  # ID3: the very same entries selected
         assert sum(m.numel() for m in eager["masks"]) == 300
         for a, b in zip(compiled["masks"], eager["masks"]):

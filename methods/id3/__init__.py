@@ -13,7 +13,6 @@ than the scope is clamped to it. With ``schedule: dynamic`` B is a per-step budg
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional
 

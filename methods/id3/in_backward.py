@@ -13,8 +13,6 @@ selection is the standard mode's except where that scaling rounds two different 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from . import select
