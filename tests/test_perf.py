@@ -276,3 +276,10 @@ def test_compiled_perf_reports_compile_time_apart_from_the_steps():
     # the first step carries the compilation: far slower than the timed steps, and reported apart from them
     assert r["first_step_s"] > 3 * r["step_time_median_s"] and r["warmup_excess_s"] > 0
     assert r["compile_s"] == c["compile_s"]
+
+
+def test_the_training_rows_end_where_they_say():
+    # a sampler that iterates the dataset (the Trainer's length-grouped one) must reach its end
+    rows = session.Rows(session.synthetic_batch("causal_lm", 50000, 2, 5, None, False, 0), 6)
+    assert len(list(rows)) == len(rows) == 6
+    assert torch.equal(rows[4]["input_ids"], rows[0]["input_ids"])  # the batch's rows over and over

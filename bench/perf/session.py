@@ -30,14 +30,20 @@ from methods.base import Method
 
 class FrozenFloor(Method):
     """The floor (not registered): every weight frozen, the input-embedding output requiring grad, so backward
-    reaches every layer but computes no weight gradient. Its Trainer's AdamW holds no parameter."""
+    reaches every layer but computes no weight gradient. Its Trainer's AdamW holds no parameter.
+
+    The output requires grad by adding a zero scalar that does (made on the training device, outside the model):
+    torch.compile traces that without a graph break, which `output.requires_grad_()` in a hook is not."""
 
     name = FLOOR
+
+    def __init__(self, device: torch.device = torch.device("cpu")):
+        self.anchor = torch.zeros((), device=device, requires_grad=True)
 
     def apply(self, model, cfg, ctx):
         for p in model.parameters():
             p.requires_grad_(False)
-        model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
+        model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: output + self.anchor)
         return model
 
 
@@ -74,6 +80,8 @@ class Rows(torch.utils.data.Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.n:  # iteration stops here (the length-grouped sampler iterates the dataset)
+            raise IndexError(i)
         return {k: v[i % self.size] for k, v in self.batch.items()}
 
 
@@ -249,7 +257,7 @@ class Session:
             raise BenchError(f"perf.seq_len={p['seq_len']} exceeds the model's {max_pos} positions; "
                              f"e.g. perf.seq_len={min(128, int(max_pos))}")
         total_steps = int(p["warmup"]) + int(p["steps"])
-        self.method = FrozenFloor() if self.name == FLOOR else resolve_method(self.cfg)
+        self.method = FrozenFloor(self.device) if self.name == FLOOR else resolve_method(self.cfg)
         applied = training.apply_method(self.cfg, self.method, model, family.task_type, total_steps, seed=seed)
         self.model, self.ctx, self.mcfg, self.params = applied.model, applied.ctx, applied.mcfg, applied.params
         self.trainable = [q for q in self.model.parameters() if q.requires_grad]
@@ -268,7 +276,7 @@ class Session:
         # (perf's few steps would all fall into it, near lr 0: LoRA's B would stay 0 before LoRA-Dash's switch)
         run_cfg = OmegaConf.merge(self.cfg, {"seed": seed, "train": {
             "batch_size": bs, "eval_batch_size": self.eval_batch_size, "grad_accum": 1, "max_steps": total_steps,
-            "warmup_steps": 0, "warmup_ratio": 0.0, "save_every": None, "progress": False}})
+            "warmup_steps": 0, "warmup_ratio": 0.0, "save_every": None, "progress": False, "report_to": "none"}})
         self.pacer = Pacer(self.device)
         self.trainer = training.make_trainer(
             run_cfg, self.model, Rows(batch, bs * total_steps), default_data_collator,
