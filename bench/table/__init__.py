@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 from bench.table.frame import SCALE, cell_stats, count_range, flat_csv, iter_records, load_records, record_row, scores
-from bench.table.frame import score_of as _score
+from bench.table.frame import score_of as _score  # noqa: F401  (bench.plot)
 from bench.table.protocol import (
     FILTER_KEYS,
     PAPER_DIR,
