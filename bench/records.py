@@ -18,6 +18,10 @@ NON_SEMANTIC_KEYS = ("results_dir", "data_dir", "cache_dir", "force", "offline_f
 # checkpointing changes nothing computed (a resumed run equals an uninterrupted one: tests/test_checkpoint.py)
 NON_SEMANTIC_TRAIN_KEYS = ("progress", "num_threads", "logging_steps", "eval_batch_size", "save_every", "save_keep",
                            "keep_checkpoints", "report_to")  # report_to: where the Trainer also logs
+# torch.compile switches: an eager run (compile=false) hashes as if the keys did not exist, so records written before
+# they were added still match; a compiled run keeps all three in its hash (compiled dropout draws other random
+# numbers than eager, so a compiled run is a different run, not a resumable copy of the eager one)
+COMPILE_TRAIN_KEYS = ("compile", "compile_backend", "compile_mode")
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "hydra-core", "numpy", "scikit-learn", "scipy")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +29,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def semantic_config(cfg: dict) -> dict:
     out = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS and k != "hydra"}
     if isinstance(out.get("train"), dict):
-        out["train"] = {k: v for k, v in out["train"].items() if k not in NON_SEMANTIC_TRAIN_KEYS}
+        train = {k: v for k, v in out["train"].items() if k not in NON_SEMANTIC_TRAIN_KEYS}
+        if not train.get("compile"):
+            train = {k: v for k, v in train.items() if k not in COMPILE_TRAIN_KEYS}
+        out["train"] = train
     return out
 
 

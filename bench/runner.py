@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 import traceback
@@ -19,85 +18,10 @@ from bench import records
 from bench.cost import CostCallback, memory_figures
 from bench.data import DEV_ALIAS, default_cache_dir
 from bench.errors import BenchError
+from bench.training import compile_stats
+from bench.validate import check_results_dir, problem_message, validate_config  # noqa: F401 (runner.validate_config)
 
 PROCESS_START = time.perf_counter()
-
-
-# ------------------------------------------------------------------------------------------------
-# validation: every bad input is caught here, before any model or data is touched
-# ------------------------------------------------------------------------------------------------
-def problem_message(problems: list[str]) -> str:
-    """One line for one problem; a list for several."""
-    if len(problems) == 1:
-        return f"Invalid configuration: {problems[0]}"
-    return "Invalid configuration:\n  - " + "\n  - ".join(problems)
-
-
-NUMERIC_TRAIN_KEYS = ("lr", "batch_size", "eval_batch_size", "grad_accum", "epochs", "max_steps", "warmup_steps",
-                      "warmup_ratio", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon",
-                      "logging_steps", "save_every", "save_keep")
-
-
-DEFAULT_HINTS = {"lr": "1e-4", "batch_size": 16, "eval_batch_size": 64, "grad_accum": 1, "epochs": 3, "max_steps": 200,
-                 "warmup_steps": 0, "warmup_ratio": 0.06, "weight_decay": 0.01, "max_grad_norm": 1.0}
-
-
-def validate_config(cfg: DictConfig) -> None:
-    t = cfg.train
-    problems = []
-    for key in NUMERIC_TRAIN_KEYS:  # values that are not numbers at all, before any comparison
-        v = t.get(key)
-        if v is None or isinstance(v, bool):
-            continue
-        try:
-            float(v)
-        except (TypeError, ValueError):
-            problems.append(f"train.{key} must be a number (got {v!r}); e.g. train.{key}={DEFAULT_HINTS.get(key, 1)}")
-    if problems:
-        raise BenchError(problem_message(problems))
-    if not (t.lr is not None and float(t.lr) > 0):
-        problems.append(f"train.lr must be > 0 (got {t.lr}); e.g. train.lr=1e-4")
-    for key in ("batch_size", "eval_batch_size", "grad_accum"):
-        if not (t[key] is not None and int(t[key]) >= 1):
-            problems.append(f"train.{key} must be a positive integer (got {t[key]}); e.g. train.{key}=16")
-    if t.max_steps is None and not (t.epochs is not None and float(t.epochs) > 0):
-        problems.append(f"train.epochs must be > 0 when train.max_steps is null (got {t.epochs})")
-    if t.max_steps is not None and int(t.max_steps) < 1:
-        problems.append(f"train.max_steps must be >= 1 or null (got {t.max_steps})")
-    if float(t.weight_decay) < 0:
-        problems.append(f"train.weight_decay must be >= 0 (got {t.weight_decay})")
-    if float(t.warmup_steps) < 0 or not 0 <= float(t.warmup_ratio) < 1:
-        problems.append("train.warmup_steps must be >= 0 and train.warmup_ratio in [0, 1)")
-    if t.eval_strategy not in ("end", "epoch"):
-        problems.append(f"train.eval_strategy must be end | epoch (got {t.eval_strategy!r})")
-    if t.selection not in ("last", "best"):
-        problems.append(f"train.selection must be last | best (got {t.selection!r})")
-    if t.selection == "best" and t.eval_strategy != "epoch":
-        problems.append("train.selection=best needs train.eval_strategy=epoch (there is nothing to choose from)")
-    if t.precision not in ("fp32", "bf16", "fp16"):
-        problems.append(f"train.precision must be fp32 | bf16 | fp16 (got {t.precision!r})")
-    if t.get("save_every") is not None:
-        every, log = int(t.save_every), int(t.logging_steps)
-        if every < 1:
-            problems.append(f"train.save_every must be >= 1 optimizer steps or null (got {t.save_every})")
-        elif every % log:
-            # the Trainer's logged loss is a mean since the last log: a checkpoint between two logs would make the
-            # resumed run's next logged value a mean over fewer steps than the uninterrupted run's
-            problems.append(f"train.save_every={every} must be a multiple of train.logging_steps={log} "
-                            f"(e.g. train.save_every={max(log, every // log * log)})")
-        if int(t.get("save_keep") or 0) < 1:
-            problems.append(f"train.save_keep must be >= 1 (got {t.get('save_keep')}): the newest checkpoints kept")
-    from bench.report import trackers
-
-    problems += trackers.problems(t.get("report_to"))  # train.report_to: a known tracker whose package is installed
-    if cfg.get("claim", "skip") not in ("skip", "wait", "off"):
-        problems.append(f"claim must be skip | wait | off (got {cfg.get('claim')!r})")
-    for key in ("max_train_samples", "max_eval_samples"):
-        v = cfg.data.get(key)
-        if v is not None and int(v) < 1:
-            problems.append(f"data.{key} must be a positive integer or null (got {v})")
-    if problems:
-        raise BenchError(problem_message(problems))
 
 
 def dev_metric_key(main_key: str, task: Any) -> str:
@@ -106,23 +30,6 @@ def dev_metric_key(main_key: str, task: Any) -> str:
         if alias != "default" and main_key.endswith("_" + alias):
             return f"{main_key[: -len(alias) - 1]}_{DEV_ALIAS}"
     return f"{main_key}_{DEV_ALIAS}"
-
-
-def check_results_dir(results_dir) -> None:
-    """The results folder exists (or can be made) and takes a file: else one message, before any training."""
-    p = Path(results_dir)
-    for parent in [p, *p.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise BenchError(f"results_dir={results_dir} lies under {parent}, which is a file, not a folder; "
-                             "choose another results_dir=<folder>")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise BenchError(f"results_dir={results_dir} cannot be written ({e.strerror or type(e).__name__}); "
-                         "choose a writable results_dir=<folder> or fix its permissions") from None
 
 
 def steps_per_epoch(n_train: int, t: DictConfig) -> int:
@@ -430,28 +337,6 @@ def _eval_model(trainer, model):
     if isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule) and wrapped._orig_mod is model:
         return wrapped
     return model
-
-
-def compile_stats(reset: bool = False) -> dict:
-    """torch.compile's work in this process since the last reset: forward frames compiled, recompiles among them
-    (a frame compiled again after a guard failed: grad mode for evaluation, a changed shape, LoRA-Dash's switch),
-    graph breaks, and compile seconds. ``reset=True`` clears dynamo's caches and these figures first."""
-    import torch
-    from torch._dynamo import utils as dynamo_utils
-
-    if reset:
-        torch._dynamo.reset()
-        dynamo_utils.clear_compilation_metrics()
-        dynamo_utils.counters.clear()
-        return {}
-    metrics = dynamo_utils.get_compilation_metrics()
-    frames = [m for m in metrics if m.co_name is not None and m.has_guarded_code]
-    return {
-        "frames": len(frames),
-        "recompiles": sum(1 for m in frames if m.cache_size),
-        "graph_breaks": int(sum(dynamo_utils.counters["graph_break"].values())),
-        "compile_s": round(sum(m.entire_frame_compile_time_s or 0.0 for m in metrics), 3),
-    }
 
 
 @contextmanager

@@ -162,3 +162,25 @@ def make_trainer(cfg: DictConfig, model, train_ds, collator, callbacks: list, op
     )
     trackers.attach(trainer, output_dir)
     return trainer
+
+
+def compile_stats(reset: bool = False) -> dict:
+    """torch.compile's work in this process since the last reset: forward frames compiled, recompiles among them
+    (a frame compiled again after a guard failed: grad mode for evaluation, a changed shape, LoRA-Dash's switch),
+    graph breaks, and compile seconds. ``reset=True`` clears dynamo's caches and these figures first."""
+    import torch
+    from torch._dynamo import utils as dynamo_utils
+
+    if reset:
+        torch._dynamo.reset()
+        dynamo_utils.clear_compilation_metrics()
+        dynamo_utils.counters.clear()
+        return {}
+    metrics = dynamo_utils.get_compilation_metrics()
+    frames = [m for m in metrics if m.co_name is not None and m.has_guarded_code]
+    return {
+        "frames": len(frames),
+        "recompiles": sum(1 for m in frames if m.cache_size),
+        "graph_breaks": int(sum(dynamo_utils.counters["graph_break"].values())),
+        "compile_s": round(sum(m.entire_frame_compile_time_s or 0.0 for m in metrics), 3),
+    }

@@ -70,7 +70,7 @@ def _train(case: str, backend: str | None) -> dict:
     """3 steps + 1 evaluation; what the comparison needs, and the compile figures when compiled."""
     from transformers import BertForSequenceClassification, TrainerControl, TrainerState
 
-    from bench.runner import compile_stats
+    from bench.training import compile_stats
     from methods import MethodContext, get_method
 
     cfg = _method_cfg(case)
@@ -189,3 +189,17 @@ def test_runner_compiled_run_records_its_compilation(glue_dir, tmp_path):
     assert stats["backend"] == "aot_eager" and stats["graph_breaks"] == 0
     # train, the switch, evaluation (+ shape changes of the last, smaller batches): bounded well below dynamo's limit
     assert 2 <= stats["recompiles"] <= 6 and stats["frames"] == stats["recompiles"] + 1, stats
+
+
+def test_config_hash_eager_as_before_compiled_apart():
+    """An eager run hashes as if the compile keys did not exist (records written before they did still match,
+    so sweeps resume and tables find them); a compiled run is a different run (other dropout draws)."""
+    from bench import records
+
+    base = {"seed": 1, "method": {"name": "lora"}, "train": {"lr": 1e-3, "epochs": 3}}
+    eager = {**base, "train": {**base["train"], "compile": False, "compile_backend": "inductor", "compile_mode": None}}
+    compiled = {**base, "train": {**eager["train"], "compile": True}}
+    aot = {**base, "train": {**compiled["train"], "compile_backend": "aot_eager"}}
+    assert records.config_hash(eager) == records.config_hash(base)
+    assert records.config_hash(compiled) != records.config_hash(base)
+    assert records.config_hash(aot) != records.config_hash(compiled)

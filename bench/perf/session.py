@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 
 from bench.errors import BenchError
 from bench.perf.options import FLOOR
-from bench.runner import compile_stats
+from bench.training import compile_stats
 from methods.base import Method
 
 
@@ -383,7 +383,7 @@ class Session:
             "method_state": state,
             "compiled": self.compiled,
         }
-        if self.compiled:  # this session's compilation (the figures of bench.runner.compile_stats, as differences)
+        if self.compiled:  # this session's compilation (the figures of bench.training.compile_stats, as differences)
             now = compile_stats()
             out["compile"] = {**{k: round(now[k] - self.compile_at_start[k], 3) for k in now},
                               "frames_in_timed_steps": self.compile_in_timed["frames"],
