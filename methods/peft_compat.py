@@ -1,8 +1,8 @@
 """Registering an external tuner with peft, in one place, for every Python the project supports (3.10-3.13).
 
 peft's ``register_peft_method`` only accepts names that are members of its closed ``PeftType`` enum. The
-member is added the way ``enum`` stores its own members (Python 3.13 has ``Enum._add_member_`` for it;
-before, the member map, the value map, the name list and the class attribute are filled by hand), so
+member is added the way ``enum`` stores its own members (Python 3.13's ``Enum._add_member_`` sets the class
+attribute and the member map; before 3.13 they are set by hand; the name list and the value map by hand on all), so
 ``PeftType("PROPULSION")``, iteration, JSON round trips and peft's type -> class mappings all work.
 Every step is idempotent: re-importing a method (``importlib.reload``) registers nothing twice.
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import enum
 
-from peft.utils.peft_types import PeftType
-
 IMPORT_HINT = "peft-bench tuner: `import methods` registers it with peft"
 
 
@@ -34,32 +32,43 @@ def saved_name(name: str) -> str:
     return f"{name} ({IMPORT_HINT})"
 
 
-def peft_type(name: str) -> PeftType:
-    """The ``PeftType`` member called ``name`` (upper case), added to peft's enum when missing."""
-    if name in PeftType.__members__:
-        return PeftType[name]
-    member = str.__new__(PeftType, name)
+def add_enum_member(cls: type[enum.Enum], name: str) -> enum.Enum:
+    """The member ``name`` (value ``name``) of the str-valued enum ``cls``, added when missing, the way ``enum``
+    stores its own members: ``cls(name)``, ``cls[name]``, iteration and ``len`` see it. Imports nothing but
+    ``enum``, so tests/test_peft_compat.py runs it under every Python 3.10 - 3.13 found on the machine."""
+    if name in cls.__members__:
+        return cls[name]
+    member = str.__new__(cls, name)
     member._name_ = name
     member._value_ = name
-    member.__objclass__ = PeftType
-    add_member = getattr(PeftType, "_add_member_", None)  # Python >= 3.13
+    member.__objclass__ = cls
+    member._sort_order_ = len(cls._member_names_)
+    add_member = getattr(cls, "_add_member_", None)  # Python >= 3.13: the attribute and the member map
     if add_member is not None:
         add_member(name, member)
     else:
-        member._sort_order_ = len(PeftType._member_names_)
-        type.__setattr__(PeftType, name, member)
-        PeftType._member_names_.append(name)
-        PeftType._member_map_[name] = member
-    PeftType._value2member_map_[name] = member
-    assert isinstance(member, enum.Enum) and PeftType(name) is member
+        type.__setattr__(cls, name, member)
+        cls._member_map_[name] = member
+    cls._member_names_.append(name)  # iteration and len (3.13's _add_member_ leaves them to the caller)
+    cls._value2member_map_[name] = member
+    if not (isinstance(member, enum.Enum) and cls(name) is member):
+        raise RuntimeError(f"could not add {name!r} to {cls.__name__} on this Python; "
+                           "report it with the output of `python --version`")
     return member
 
 
-def register_tuner(name: str, config_cls, model_cls, prefix: str | None = None) -> PeftType:
+def peft_type(name: str):
+    """The ``PeftType`` member called ``name`` (upper case), added to peft's enum when missing."""
+    from peft.utils.peft_types import PeftType
+
+    return add_enum_member(PeftType, name)
+
+
+def register_tuner(name: str, config_cls, model_cls, prefix: str | None = None):
     """Add ``name`` (lower case, e.g. "propulsion") to peft: enum member + config / tuner / prefix mappings, and
     the saved spelling (:func:`saved_name`) as a second key of the config mapping and a value alias of the enum."""
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-    from peft.utils.peft_types import register_peft_method
+    from peft.utils.peft_types import PeftType, register_peft_method
 
     member = peft_type(name.upper())
     if member not in PEFT_TYPE_TO_TUNER_MAPPING:
@@ -77,6 +86,8 @@ class SavesImportHint:
     names the import."""
 
     def to_dict(self) -> dict:
+        from peft.utils.peft_types import PeftType
+
         out = super().to_dict()
         if out.get("peft_type") is not None:
             out["peft_type"] = saved_name(PeftType(out["peft_type"]).value)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,6 +194,52 @@ def test_registration_is_idempotent():
         assert config.to_dict()["peft_type"] == saved and config.peft_type is PeftType[name]
         again = PeftConfig.from_peft_type(**config.to_dict())  # the dict round trip peft does when loading
         assert type(again) is cls and again.peft_type is PeftType[name]
+
+
+ENUM_CHECK = textwrap.dedent("""
+    import enum, importlib.util, json, pickle, sys
+    spec = importlib.util.spec_from_file_location("peft_compat", sys.argv[1])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # the module imports peft only inside its functions
+
+    class Kind(str, enum.Enum):  # shaped like peft's PeftType
+        LORA = "LORA"
+        IA3 = "IA3"
+
+    m = mod.add_enum_member(Kind, "PROPULSION")
+    assert mod.add_enum_member(Kind, "PROPULSION") is m and mod.add_enum_member(Kind, "LORA") is Kind.LORA
+    assert Kind("PROPULSION") is m and Kind["PROPULSION"] is m and Kind.PROPULSION is m
+    assert isinstance(m, Kind) and m == "PROPULSION" and m.value == m.name == "PROPULSION"
+    assert list(Kind) == [Kind.LORA, Kind.IA3, m] and len(Kind) == 3 and "PROPULSION" in Kind.__members__
+    assert json.dumps({"peft_type": m}) == '{"peft_type": "PROPULSION"}' and pickle.loads(pickle.dumps(m)) is m
+    Kind._value2member_map_["PROPULSION (hint)"] = m  # register_tuner's alias of the saved spelling
+    assert Kind("PROPULSION (hint)") is m
+    print(sys.version_info[:2])
+""")
+
+
+def _python(version: str):
+    """An interpreter of that version on this machine (PATH or pyenv), else None."""
+    import glob
+
+    pyenv = sorted(glob.glob(str(Path.home() / f".pyenv/versions/{version}.*/bin/python{version}")))
+    if pyenv:
+        return pyenv[-1]
+    found = shutil.which(f"python{version}")
+    return found if found and "/shims/" not in found else None  # a pyenv shim of an inactive version fails
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.11", "3.12", "3.13"])
+def test_enum_member_is_added_on_every_supported_python(version):
+    """The one piece of peft registration that depends on Python's enum internals, run under each Python the
+    project supports (3.13 stores members through Enum._add_member_, earlier ones by hand)."""
+    exe = sys.executable if sys.version_info[:2] == tuple(map(int, version.split("."))) else _python(version)
+    if exe is None:
+        pytest.skip(f"no Python {version} on this machine")
+    out = subprocess.run([exe, "-c", ENUM_CHECK, str(ROOT / "methods" / "peft_compat.py")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tuple(map(int, version.split("."))))
 
 
 # ------------------------------------------------------------------------------------------------
