@@ -155,12 +155,13 @@ def test_batched_selection_matches_brute_force_and_the_chunked_path(monkeypatch)
                 flat = [j + opt._offsets[i] for i, idx in enumerate(picks[1]) for j in idx]
                 assert flat == _brute_topk([torch.nan_to_num(p.grad.abs()) for p in params], k)
     # a NaN gradient counts as 0 (select.det_topk's rule): it neither wins nor leaves the budget short
-    monkeypatch.setattr(ID3Optimizer, "batched", True)
     params[0].grad[7] = float("nan")
-    for k in (1, 300, 498):
-        got = ID3Optimizer(params, budget=498, T=1, free_grads=False)._select(k, exclude_selected=False)
-        flat = [j + opt._offsets[i] for i, idx in enumerate(got) for j in idx.tolist()]
-        assert flat == _brute_topk([torch.nan_to_num(p.grad.abs()) for p in params], k)
+    for batched in (True, False):  # both paths: the chunked one must not drop the NaN where zeros are taken
+        monkeypatch.setattr(ID3Optimizer, "batched", batched)
+        for k in (1, 300, 420, 498):
+            got = ID3Optimizer(params, budget=498, T=1, free_grads=False)._select(k, exclude_selected=False)
+            flat = [j + opt._offsets[i] for i, idx in enumerate(got) for j in idx.tolist()]
+            assert flat == _brute_topk([torch.nan_to_num(p.grad.abs()) for p in params], k), (batched, k)
     params[0].grad[7] = 1.0
     # growth over steps: the kept mask positions exclude what was taken, as the per-tensor idx does
     masks = []
@@ -634,11 +635,13 @@ def test_in_backward_selects_and_trains_as_the_step_mode(monkeypatch, schedule, 
         assert float(ob.last_grad_norm) > clip
 
 
-@pytest.mark.parametrize("order_seed,small,flush", [(0, 0, 1), (1, 100, 150), (2, 4096, 1 << 16), (3, 100, 1 << 16)])
-def test_in_backward_ties_in_any_hook_order_match_brute_force(monkeypatch, order_seed, small, flush):
+@pytest.mark.parametrize("order_seed,small,flush,nan", [(0, 0, 1, False), (1, 100, 150, False),
+                                                      (2, 4096, 1 << 16, False), (3, 100, 1 << 16, False),
+                                                      (4, 0, 1, True), (5, 100, 150, True)])
+def test_in_backward_ties_in_any_hook_order_match_brute_force(monkeypatch, order_seed, small, flush, nan):
     """Gradients arrive in backward order, not position order; with heavy ties (also at the k-th score, across
     tensors, chunks and staged batches of small tensors) the selection is still the global top-k by (score,
-    position)."""
+    position). ``nan``: NaN gradients count as 0, with a budget that takes zeros too (select.det_topk's rule)."""
     monkeypatch.setattr(id3_select, "CHUNK", 64)
     monkeypatch.setattr(id3_select, "SAMPLE", 8)
     monkeypatch.setattr(id3_in_backward, "STAGE_SMALL", small)
@@ -647,8 +650,12 @@ def test_in_backward_ties_in_any_hook_order_match_brute_force(monkeypatch, order
     sizes = (300, 5, 129, 64, 90)
     grads = [torch.randint(-3, 4, (n,), generator=g).float() * sc for n, sc in zip(sizes, (1, 1, 0.5, 1, 0.01))]
     grads[2][10:100] = 0.0
+    budget = 230
+    if nan:
+        grads[0][7] = grads[3][3] = grads[2][50] = float("nan")
+        budget = 560  # of 588 entries: zeros (and so the NaNs) are taken in the last steps
     params = [nn.Parameter(torch.randn(n, generator=g)) for n in sizes]
-    opt = ID3Optimizer(params, budget=230, T=3, lr=1e-3, in_backward=True)
+    opt = ID3Optimizer(params, budget=budget, T=3, lr=1e-3, in_backward=True)
     order = torch.randperm(len(params), generator=torch.Generator().manual_seed(order_seed)).tolist()
     taken: set = set()
     for step in range(3):
@@ -658,12 +665,12 @@ def test_in_backward_ties_in_any_hook_order_match_brute_force(monkeypatch, order
             opt._on_grad(i, params[i])
         opt.step()
         now = {int(j) + opt._offsets[i] for i, p in enumerate(params) for j in opt.selected_indices(p)}
-        scores = torch.cat([x.abs() for x in grads])
+        scores = torch.cat([torch.nan_to_num(x.abs()) for x in grads])
         scores[list(taken)] = -1.0
         assert sorted(now - taken) == _brute_topk([scores], k), step
         assert taken <= now
         taken = now
-    assert len(taken) == 230
+    assert len(taken) == budget
 
 
 def test_in_backward_needs_one_backward_per_step():

@@ -53,10 +53,13 @@ def chunk_top(scores: torch.Tensor, k: int, floor: Optional[float], bool_buf: to
 
     ``floor`` is the k-th best score among earlier chunks (None while fewer than k were found): an entry of this chunk
     equal to it comes later in the order and loses the tie, so only entries strictly above it can matter.
-    ``k`` must not exceed the number of selectable (score >= 0) entries of the chunk.
+    ``k`` must not exceed the number of selectable (score >= 0) entries of the chunk. A NaN score counts as 0.
+    With a negative ``floor`` (zeros still count) ``scores`` is rewritten in place (NaN -> 0): callers pass scratch.
     """
     n = scores.numel()
     thr = floor
+    if floor is not None and floor < 0:  # zeros can still be taken: a NaN counts as one of them (det_topk's rule)
+        scores.masked_fill_(torch.isnan(scores), 0.0)
     if 8 * k < n:  # tighten with a sampled estimate of this chunk's k-th score
         stride = max(1, n // SAMPLE)
         sample = scores[::stride]
@@ -69,18 +72,23 @@ def chunk_top(scores: torch.Tensor, k: int, floor: Optional[float], bool_buf: to
         loc = torch.nonzero(torch.gt(scores, thr, out=bool_buf[:n])).view(-1)
         count = loc.numel()
         if count >= k or thr == floor:
-            vals = scores.index_select(0, loc)
+            vals = _nan_as_zero(scores.index_select(0, loc))
             if count > k and exact:
                 keep = det_topk(vals, k)
                 loc, vals = loc[keep], vals[keep]
             return loc, vals
         # fewer than k strictly above the estimate (ties at it, or a poor sample): exact path below
     loc = det_topk(scores, k)
-    vals = scores.index_select(0, loc)
+    vals = _nan_as_zero(scores.index_select(0, loc))
     if floor is not None:
         keep = vals > floor
         loc, vals = loc[keep], vals[keep]
     return loc, vals
+
+
+def _nan_as_zero(vals: torch.Tensor) -> torch.Tensor:
+    """The returned scores with NaN as 0, so no NaN reaches a running top-k (a NaN floor would stop every later cut)."""
+    return vals.masked_fill(torch.isnan(vals), 0.0)
 
 
 def just_below(floor: Optional[float], dtype: torch.dtype) -> Optional[float]:
