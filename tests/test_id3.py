@@ -635,15 +635,22 @@ def test_in_backward_selects_and_trains_as_the_step_mode(monkeypatch, schedule, 
         assert float(ob.last_grad_norm) > clip
 
 
+@pytest.mark.parametrize("blocks", [False, True])
 @pytest.mark.parametrize("order_seed,small,flush,nan", [(0, 0, 1, False), (1, 100, 150, False),
                                                       (2, 4096, 1 << 16, False), (3, 100, 1 << 16, False),
                                                       (4, 0, 1, True), (5, 100, 150, True)])
-def test_in_backward_ties_in_any_hook_order_match_brute_force(monkeypatch, order_seed, small, flush, nan):
+def test_in_backward_ties_in_any_hook_order_match_brute_force(monkeypatch, order_seed, small, flush, nan, blocks):
     """Gradients arrive in backward order, not position order; with heavy ties (also at the k-th score, across
     tensors, chunks and staged batches of small tensors) the selection is still the global top-k by (score,
-    position). ``nan``: NaN gradients count as 0, with a budget that takes zeros too (select.det_topk's rule)."""
+    position). ``nan``: NaN gradients count as 0, with a budget that takes zeros too (select.det_topk's rule).
+    ``blocks``: chunks scored only in the blocks whose largest |g| reaches the floor (partial last blocks too)."""
     monkeypatch.setattr(id3_select, "CHUNK", 64)
     monkeypatch.setattr(id3_select, "SAMPLE", 8)
+    monkeypatch.setattr(id3_in_backward, "BLOCK", 8 if blocks else 1 << 7)
+    monkeypatch.setattr(id3_in_backward, "BLOCK_MIN", 20 if blocks else 1 << 30)
+    if blocks:  # cut at every offer, so the floor is known from the second tensor on and the blocks are used
+        monkeypatch.setattr(id3_in_backward, "SLACK_FACTOR", 1)
+        monkeypatch.setattr(id3_in_backward, "SLACK_EXTRA", 0)
     monkeypatch.setattr(id3_in_backward, "STAGE_SMALL", small)
     monkeypatch.setattr(id3_in_backward, "STAGE_FLUSH", flush)
     g = torch.Generator().manual_seed(3)

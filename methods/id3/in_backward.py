@@ -21,6 +21,14 @@ from .select import MASKED, StreamingTopK, chunk_top, just_below
 #: tensors of at most this many entries are staged and scored together, STAGE_FLUSH entries at a time
 STAGE_SMALL = 1 << 12
 STAGE_FLUSH = 1 << 16
+#: with exp = 0 and a positive floor, a chunk of at least BLOCK_MIN entries is read once for the largest |g| of each
+#: block of BLOCK entries, and only the blocks that reach the floor are scored (in a transformer ~10% of the weight
+#: matrices' entries and well under 1% of the word embeddings', whose rows are zero for tokens not in the batch)
+BLOCK = 128
+BLOCK_MIN = 1 << 15
+#: the running top-k of one backward pass holds up to SLACK_FACTOR * k + SLACK_EXTRA entries before a cut
+SLACK_FACTOR = 4
+SLACK_EXTRA = 1024
 
 
 class InBackwardMixin:
@@ -97,6 +105,9 @@ class InBackwardMixin:
         for s in range(0, n, select.CHUNK):
             e = min(n, s + select.CHUNK)
             floor = top.floor
+            if skip and floor is not None and floor > 0 and e - s >= BLOCK_MIN:
+                self._offer_blocks(i, flat, s, e, chosen, bw, floor)
+                continue
             if skip and floor is not None:
                 lo, hi = torch.aminmax(flat[s:e])
                 if float(torch.maximum(hi, -lo)) < floor:  # a NaN bound compares False: never skipped
@@ -116,6 +127,49 @@ class InBackwardMixin:
             loc, vals = chunk_top(scores, min(bw.k, selectable), floor, bool_buf, exact=False)
             top.offer(vals.to(top.device), loc.to(top.device) + (off + s),
                       payload=flat[s:e].index_select(0, loc).to(top.device))
+
+    def _offer_blocks(self, i: int, flat: torch.Tensor, s: int, e: int, chosen, bw: "_BackwardStep",
+                      floor: float) -> None:
+        """:meth:`_offer_tensor` for entries [s, e) of tensor i, scoring only the blocks of BLOCK entries whose
+        largest |g| reaches ``floor`` (> 0, exp = 0): an entry below the k-th best score held so far can never be
+        selected, so the offer is the same as scoring the whole chunk, whose final cut decides by (score, position).
+        A NaN gradient makes its block's bound NaN: that block is scored (the NaN counts as 0 there, chunk_top's rule)."""
+        seg, n = flat[s:e], e - s
+        nb = n // BLOCK
+        body = seg[: nb * BLOCK].view(nb, BLOCK)
+        hi, lo = body.amax(dim=1), body.amin(dim=1)  # on CPU ~10x faster than aminmax(dim=1)
+        rows = torch.nonzero(~(torch.maximum(hi, -lo) < floor)).view(-1)  # a NaN bound (a NaN in the block): kept
+        m, tail = rows.numel(), n - nb * BLOCK
+        arange = torch.arange(BLOCK, device=flat.device)
+        local = (rows.unsqueeze(1) * BLOCK + arange).view(-1)  # chunk-local positions of the kept blocks, ascending
+        if tail:  # the last partial block is always scored
+            local = torch.cat([local, torch.arange(nb * BLOCK, n, device=flat.device)])
+        if local.numel() == 0:
+            return
+        g = seg.index_select(0, local)
+        scores = g.abs()
+        n_masked = 0
+        if chosen is not None:  # already-selected entries of the kept blocks score MASKED
+            c = chosen if (s == 0 and e == flat.numel()) else chosen[(chosen >= s) & (chosen < e)] - s
+            if c.numel():
+                slot = torch.full((nb + 1,), -1, dtype=torch.long, device=flat.device)
+                slot[rows] = torch.arange(m, device=flat.device)
+                slot[nb] = m  # the tail follows the kept blocks in ``local``
+                blk = torch.div(c, BLOCK, rounding_mode="floor")
+                at = slot[blk]
+                hit = at >= 0
+                if bool(hit.any()):
+                    where = (at[hit] * BLOCK + (c[hit] - blk[hit] * BLOCK))
+                    scores.index_fill_(0, where, MASKED)
+                    n_masked = where.numel()
+        selectable = local.numel() - n_masked
+        if selectable <= 0:
+            return
+        _, bool_buf = self._buffers(self.selective_params[i])
+        loc, vals = chunk_top(scores, min(bw.k, selectable), just_below(floor, scores.dtype), bool_buf, exact=False)
+        top = bw.top
+        top.offer(vals.to(top.device), local.index_select(0, loc).to(top.device) + (self._offsets[i] + s),
+                  payload=g.index_select(0, loc).to(top.device))
 
     def _flush_staged(self, bw: "_BackwardStep") -> None:
         """Offer the staged small tensors' best selectable entries as one batch (a few ops instead of ~10 each)."""
@@ -221,7 +275,7 @@ class _BackwardStep:
     def __init__(self, k: int, exclude: bool, device: torch.device):
         self.k, self.exclude = k, exclude
         # one offer per tensor (a hundred or more): cut only when 4k entries pile up
-        self.top = StreamingTopK(max(k, 1), device, slack=4 * max(k, 1) + 1024)
+        self.top = StreamingTopK(max(k, 1), device, slack=SLACK_FACTOR * max(k, 1) + SLACK_EXTRA)
         self.top.in_order = False  # hooks fire in backward order, not position order
         self.seen: set[int] = set()
         self.staged: list[tuple[int, torch.Tensor]] = []  # (tensor, copy of its gradient): small tensors, batched
