@@ -19,7 +19,7 @@ from bench.cost import CostCallback, memory_figures
 from bench.data import DEV_ALIAS, default_cache_dir
 from bench.errors import BenchError
 from bench.training import compile_stats
-from bench.validate import check_results_dir, problem_message, validate_config  # noqa: F401 (runner.validate_config)
+from bench.validate import check_results_dir, validate_config
 
 PROCESS_START = time.perf_counter()
 

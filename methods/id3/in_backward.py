@@ -106,15 +106,13 @@ class InBackwardMixin:
             e = min(n, s + select.CHUNK)
             floor = top.floor
             if skip and floor is not None and floor > 0 and e - s >= BLOCK_MIN:
-                self._offer_blocks(i, flat, s, e, chosen, bw, floor)
+                self._offer_blocks(i, flat, s, e, _chunk_local(chosen, s, e, n), bw, floor)
                 continue
             if skip and floor is not None:
                 lo, hi = torch.aminmax(flat[s:e])
                 if float(torch.maximum(hi, -lo)) < floor:  # a NaN bound compares False: never skipped
                     continue
-            local = None
-            if chosen is not None:
-                local = chosen if (s == 0 and e == n) else chosen[(chosen >= s) & (chosen < e)] - s
+            local = _chunk_local(chosen, s, e, n)
             selectable = (e - s) - (0 if local is None else local.numel())
             if selectable <= 0:
                 continue
@@ -128,7 +126,7 @@ class InBackwardMixin:
             top.offer(vals.to(top.device), loc.to(top.device) + (off + s),
                       payload=flat[s:e].index_select(0, loc).to(top.device))
 
-    def _offer_blocks(self, i: int, flat: torch.Tensor, s: int, e: int, chosen, bw: "_BackwardStep",
+    def _offer_blocks(self, i: int, flat: torch.Tensor, s: int, e: int, chosen_local, bw: "_BackwardStep",
                       floor: float) -> None:
         """:meth:`_offer_tensor` for entries [s, e) of tensor i, scoring only the blocks of BLOCK entries whose
         largest |g| reaches ``floor`` (> 0, exp = 0): an entry below the k-th best score held so far can never be
@@ -149,19 +147,17 @@ class InBackwardMixin:
         g = seg.index_select(0, local)
         scores = g.abs()
         n_masked = 0
-        if chosen is not None:  # already-selected entries of the kept blocks score MASKED
-            c = chosen if (s == 0 and e == flat.numel()) else chosen[(chosen >= s) & (chosen < e)] - s
-            if c.numel():
-                slot = torch.full((nb + 1,), -1, dtype=torch.long, device=flat.device)
-                slot[rows] = torch.arange(m, device=flat.device)
-                slot[nb] = m  # the tail follows the kept blocks in ``local``
-                blk = torch.div(c, BLOCK, rounding_mode="floor")
-                at = slot[blk]
-                hit = at >= 0
-                if bool(hit.any()):
-                    where = (at[hit] * BLOCK + (c[hit] - blk[hit] * BLOCK))
-                    scores.index_fill_(0, where, MASKED)
-                    n_masked = where.numel()
+        c = chosen_local  # already-selected entries (chunk-local) of the kept blocks score MASKED
+        if c is not None and c.numel():
+            slot = torch.full((nb + 1,), -1, dtype=torch.long, device=flat.device)
+            slot[rows] = torch.arange(m, device=flat.device)
+            slot[nb] = m  # the tail follows the kept blocks in ``local``
+            at = slot[torch.div(c, BLOCK, rounding_mode="floor")]
+            hit = at >= 0
+            where = at[hit] * BLOCK + c[hit] % BLOCK
+            if where.numel():
+                scores.index_fill_(0, where, MASKED)
+                n_masked = where.numel()
         selectable = local.numel() - n_masked
         if selectable <= 0:
             return
@@ -267,6 +263,13 @@ class InBackwardMixin:
                 self._sparse_adamw(group, {p: grads.get(index[p]) for p in group["params"]})
             else:
                 self._dense_adamw(group)
+
+
+def _chunk_local(chosen, s: int, e: int, n: int):
+    """The already-selected flat indices of a tensor of n entries that fall in [s, e), made chunk-local (or None)."""
+    if chosen is None:
+        return None
+    return chosen if (s == 0 and e == n) else chosen[(chosen >= s) & (chosen < e)] - s
 
 
 class _BackwardStep:

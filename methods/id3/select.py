@@ -72,23 +72,19 @@ def chunk_top(scores: torch.Tensor, k: int, floor: Optional[float], bool_buf: to
         loc = torch.nonzero(torch.gt(scores, thr, out=bool_buf[:n])).view(-1)
         count = loc.numel()
         if count >= k or thr == floor:
-            vals = _nan_as_zero(scores.index_select(0, loc))
+            vals = scores.index_select(0, loc)  # no NaN: a NaN is never greater than thr
             if count > k and exact:
                 keep = det_topk(vals, k)
                 loc, vals = loc[keep], vals[keep]
             return loc, vals
         # fewer than k strictly above the estimate (ties at it, or a poor sample): exact path below
-    loc = det_topk(scores, k)
-    vals = _nan_as_zero(scores.index_select(0, loc))
+    loc = det_topk(scores, k)  # may pick a NaN entry (as 0): its returned score is 0 too
+    vals = scores.index_select(0, loc)
+    vals = vals.masked_fill(torch.isnan(vals), 0.0)  # no NaN reaches a running top-k (a NaN floor stops every cut)
     if floor is not None:
         keep = vals > floor
         loc, vals = loc[keep], vals[keep]
     return loc, vals
-
-
-def _nan_as_zero(vals: torch.Tensor) -> torch.Tensor:
-    """The returned scores with NaN as 0, so no NaN reaches a running top-k (a NaN floor would stop every later cut)."""
-    return vals.masked_fill(torch.isnan(vals), 0.0)
 
 
 def just_below(floor: Optional[float], dtype: torch.dtype) -> Optional[float]:
