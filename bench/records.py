@@ -22,6 +22,10 @@ NON_SEMANTIC_TRAIN_KEYS = ("progress", "num_threads", "logging_steps", "eval_bat
 # they were added still match; a compiled run keeps all three in its hash (compiled dropout draws other random
 # numbers than eager, so a compiled run is a different run, not a resumable copy of the eager one)
 COMPILE_TRAIN_KEYS = ("compile", "compile_backend", "compile_mode")
+# Keys added after records existed, as "section.key": value. At that value a key is left out of the hash (the run
+# computes what it computed before the key existed), so committed records still match; at any other value it is
+# hashed. Add a new semantic key here with its do-nothing value, and note it in CHANGELOG.md.
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {}
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "hydra-core", "numpy", "scikit-learn", "scipy")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +37,11 @@ def semantic_config(cfg: dict) -> dict:
         if not train.get("compile"):
             train = {k: v for k, v in train.items() if k not in COMPILE_TRAIN_KEYS}
         out["train"] = train
+    for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
+        section, key = dotted.split(".", 1)
+        node = out.get(section)
+        if isinstance(node, dict) and key in node and node[key] == neutral:
+            out[section] = {k: v for k, v in node.items() if k != key}
     return out
 
 
