@@ -70,8 +70,56 @@ def load_trained_state(model: torch.nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path} holds tensors this model does not have: {result.unexpected_keys[:5]}")
 
 
+class SeededLengthGroupedSampler(torch.utils.data.Sampler):
+    """Length-grouped batches (little padding) whose order depends on the seed and the epoch only.
+
+    transformers' LengthGroupedSampler draws from torch's global generator, whose state at the first batch depends on
+    what the method's set-up drew before (LoRA's init, a random mask, ...): two methods at one seed would see other
+    batches. Here each epoch's order comes from its own generator seeded by (seed, epoch); the Trainer calls
+    set_epoch before each epoch, so a run resumed from a checkpoint replays the same order. Every epoch visits every
+    row exactly once (a permutation, grouped in mega-batches of 50 batches sorted by length).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=gen))
+
+
+def example_lengths(dataset) -> list[int]:
+    """Token count of each row: the dataset's 'length' column when it has one, else len(input_ids)."""
+    names = getattr(dataset, "column_names", None) or []
+    if "length" in names:
+        return [int(n) for n in dataset["length"]]
+    ids = dataset.with_format(None)["input_ids"] if hasattr(dataset, "with_format") else [r["input_ids"] for r in dataset]
+    return [len(x) for x in ids]
+
+
 class CheckpointTrainer(Trainer):
-    """The Trainer, saving / loading the model's trained state instead of `save_pretrained` + a pickled args file."""
+    """The Trainer, saving / loading the model's trained state instead of `save_pretrained` + a pickled args file.
+    With train_sampling_strategy=group_by_length its sampler is SeededLengthGroupedSampler (the same batches for
+    every method at a seed)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and dataset is not None and hasattr(dataset, "__len__"):
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return SeededLengthGroupedSampler(example_lengths(dataset), batch, seed)
+        return super()._get_train_sampler(train_dataset)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         from safetensors.torch import save_file

@@ -25,7 +25,9 @@ COMPILE_TRAIN_KEYS = ("compile", "compile_backend", "compile_mode")
 # Keys added after records existed, as "section.key": value. At that value a key is left out of the hash (the run
 # computes what it computed before the key existed), so committed records still match; at any other value it is
 # hashed. Add a new semantic key here with its do-nothing value, and note it in CHANGELOG.md.
-HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {}
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "task.group_by_length": False,  # GLUE tasks gained it on 2026-12-07 (length-grouped batches)
+}
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "hydra-core", "numpy", "scikit-learn", "scipy")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,15 +143,17 @@ def package_versions() -> dict:
 
 
 def device_info() -> dict:
+    """Where the run computed: the platform, threads, the CPU's model and speed flags, the GPU (bench.hardware)."""
     import torch
+
+    from bench import hardware
 
     info = {
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        **hardware.cpu_info(),
+        **hardware.gpu_info(),
     }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_count"] = torch.cuda.device_count()
     return info

@@ -102,6 +102,12 @@ class GlueFamily(TaskFamily):
     def predict(self, model, ds, tokenizer) -> tuple[np.ndarray, np.ndarray]:
         model.eval()
         bs = int(self.cfg.train.eval_batch_size)
+        order = None
+        if self.task.get("group_by_length"):  # batches of similar length (little padding), scored back in row order
+            from bench.checkpoint import example_lengths
+
+            order = np.argsort(example_lengths(ds), kind="stable")
+            ds = ds.select(order.tolist())
         loader = DataLoader(ds, batch_size=bs, collate_fn=self.collator(tokenizer))
         device = next(model.parameters()).device
         preds, labels = [], []
@@ -111,7 +117,12 @@ class GlueFamily(TaskFamily):
             logits = model(**batch).logits.float()
             preds.append(logits.squeeze(-1).cpu() if self.is_regression else logits.argmax(-1).cpu())
             labels.append(y.cpu())
-        return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+        pred, label = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+        if order is not None:
+            back = np.empty_like(order)
+            back[order] = np.arange(len(order))
+            pred, label = pred[back], label[back]
+        return pred, label
 
     def evaluate(self, model, data: TaskData, tokenizer, out_dir: Path | None = None) -> dict:
         was_training = model.training
