@@ -13,7 +13,7 @@ RUN_ARGS ?= method=propulsion task=sst2 model=minilm data.max_train_samples=4000
 OFFLINE_FALLBACK ?= task=gsm_symbolic model=smollm2 train.max_steps=20 train.batch_size=4 train.lr=3e-3 data.max_eval_samples=16
 PYTEST_ARGS ?= -n 2
 
-.PHONY: run test test-fast test-slow test-cluster test-gpu env lock clean
+.PHONY: run test lint test-fast test-slow test-cluster test-gpu env lock clean
 
 env: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ run: env
 
 test: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not cluster"
+
+# ruff's rules and the import contracts: pyproject.toml ([tool.ruff], [tool.importlinter])
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test-cluster: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -m cluster

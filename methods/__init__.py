@@ -7,5 +7,5 @@ __all__ = ["Method", "MethodConfigError", "MethodContext", "available", "get_met
 
 # the two tuners peft does not ship register their peft types here, so that after `import methods` plain
 # peft code (PeftModel.from_pretrained, merge_and_unload, ...) loads saved Propulsion / LoRA-Dash adapters
-from methods import lora_dash as _lora_dash  # noqa: E402,F401
-from methods import propulsion as _propulsion  # noqa: E402,F401
+from methods import lora_dash as _lora_dash  # noqa: F401
+from methods import propulsion as _propulsion  # noqa: F401

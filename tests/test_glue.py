@@ -3,7 +3,7 @@
 import pytest
 from conftest import GLUE_SCHEMAS, compose_cfg
 
-from bench.data import carve, load_task_data
+from bench.data import carve
 from bench.errors import BenchError, DataUnavailable
 from bench.tasks import get_family
 

@@ -194,7 +194,6 @@ def test_experiment_pins_the_protocol_and_may_set_root_keys():
 
 
 def test_every_experiment_has_a_paper_table_seeds_and_tasks():
-    from bench.table import load_paper
 
     names = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
     assert {"propulsion_glue", "lora_dash_glue", "id3_glue", "lora_dash_commonsense"} <= set(names)

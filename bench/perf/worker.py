@@ -149,7 +149,7 @@ class InProcessWorker:
     def call(self, msg: dict) -> dict:
         try:
             reply = handle(self.session, msg)
-        except Exception as e:  # noqa: BLE001 - as a subprocess worker's failure: recorded, the others go on
+        except Exception as e:  # as a subprocess worker's failure: recorded, the others go on
             raise WorkerFailed(f"{type(e).__name__}: {e}") from e
         if msg["cmd"] == "init":
             self.session = reply

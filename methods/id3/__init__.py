@@ -23,7 +23,7 @@ from methods.base import is_head as _is_head
 from methods.registry import available, get_method, register
 
 from .optimizer import SCHEDULES, ID3Optimizer
-from .storage import DELTA_FILE, apply_delta, read_metadata, save_delta
+from .storage import apply_delta, read_metadata, save_delta
 
 __all__ = ["ID3", "ID3Optimizer", "ID3Plan", "apply_delta", "save_delta", "read_metadata", "resolve_budget"]
 

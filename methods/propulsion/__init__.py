@@ -11,7 +11,7 @@ After ``import methods.propulsion`` plain peft code works::
 
 from methods.peft_compat import register_tuner
 
-from .config import PAPER_DEGREES, PROPULSION, PropulsionConfig, paper_degree, paper_train_head
+from .config import PAPER_DEGREES, PropulsionConfig, paper_degree, paper_train_head
 from .layer import Embedding, Linear, PropulsionLayer
 from .model import PropulsionModel
 

@@ -211,7 +211,7 @@ class PropulsionLayer(BaseTunerLayer):
     def unmerge(self) -> None:
         """Divide the merged scales back out (exact up to float32 rounding of the weights)."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         while self.merged_adapters:
             name = self.merged_adapters[-1]

@@ -149,7 +149,8 @@ class PropulsionModel(BaseTuner):
             warnings.warn(
                 f"Untied {untied} before merging: these tensors were shared with other modules, and folding z**k into a "
                 "shared tensor would change the other module too. The merged model keeps separate copies "
-                "(tie_word_embeddings set to False)."
+                "(tie_word_embeddings set to False).",
+                stacklevel=2,
             )
         return untied
 
