@@ -21,6 +21,7 @@ commands:
   perf     time / memory of methods side by side:                  python -m bench perf method=full,lora,ia3
   plot     PNG figures from the records:                           python -m bench plot
   report   one self-contained HTML page (tables, Pareto view, runs): python -m bench report [experiment=<name>]
+  pilot    run a pilot and set each task's training budget:     python -m bench pilot experiment=glue_pilot_cpu
 
 Config groups (conf/): method, task, model, train, experiment. Any key can be overridden: train.lr=1e-4,
 method.r=16, data.max_train_samples=500, data_dir=../shared/data (or BENCH_DATA_DIR), results_dir=...
@@ -179,6 +180,7 @@ COMMANDS = {
     "perf": _simple("bench.perf"),
     "plot": _simple("bench.plot"),
     "report": _simple("bench.report"),
+    "pilot": _simple("bench.pilot"),
 }
 
 

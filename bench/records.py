@@ -27,6 +27,7 @@ COMPILE_TRAIN_KEYS = ("compile", "compile_backend", "compile_mode")
 # hashed. Add a new semantic key here with its do-nothing value, and note it in CHANGELOG.md.
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "task.group_by_length": False,  # GLUE tasks gained it on 2026-12-07 (length-grouped batches)
+    "study.task_cfg": {},  # per-task study settings, 2026-12-07
 }
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "hydra-core", "numpy", "scikit-learn", "scipy")
 REPO_ROOT = Path(__file__).resolve().parents[1]

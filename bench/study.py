@@ -97,11 +97,23 @@ def tuned_index(config: dict, results_dir: str | Path) -> tuple[int, dict]:
 
 
 def apply_method_cfg(cfg: DictConfig) -> None:
-    """Per-method settings of the study (e.g. LoRA-Dash's switch step scaled to the run): part of the hash."""
+    """Per-method settings of the study (e.g. LoRA-Dash's switch step scaled to the run) and per-task settings
+    (study.task_cfg: a task's budget set by the pilot, its train subsample): part of the hash."""
     st = cfg.get("study")
-    if st is not None and st.get("method_cfg") and cfg.method.name in st.method_cfg:
+    if st is None:
+        return
+    if st.get("method_cfg") and cfg.method.name in st.method_cfg:
         with open_dict(cfg):
             cfg.method = OmegaConf.merge(cfg.method, st.method_cfg[cfg.method.name])
+    task_cfg = st.get("task_cfg")
+    if task_cfg and cfg.task.name in task_cfg:
+        extra = task_cfg[cfg.task.name]
+        wrong = [k for k in extra if k not in ("train", "data", "task", "model")]
+        if wrong:
+            raise BenchError(f"study.task_cfg.{cfg.task.name} may set train / data / task / model keys, not {wrong}")
+        with open_dict(cfg):
+            for section in extra:
+                cfg[section] = OmegaConf.merge(cfg[section], extra[section])
 
 
 def grid_config(config: dict, seed: int, index: int) -> dict:
