@@ -54,8 +54,9 @@ def resolve_method(cfg: DictConfig):
     from methods.registry import UnknownMethodError
 
     try:
-        method = get_method(cfg.method.name)
-        method.validate(plain(cfg.method))
+        mcfg = plain(cfg.method)
+        method = get_method(cfg.method.name, mcfg)  # the config tells a peft preset from a user's folder
+        method.validate(mcfg)
     except (UnknownMethodError, MethodConfigError) as e:
         raise BenchError(str(e)) from e
     return method

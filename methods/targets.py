@@ -15,6 +15,7 @@ _BERT_LIKE = {
     "in": r"intermediate\.dense",
     "out": r"layer\.\d+\.output\.dense",
 }
+_BERT_LIKE.update(up=_BERT_LIKE["in"], down=_BERT_LIKE["out"])  # the FFN's up / down projections, as Llama names them
 ROLES: dict[str, dict[str, str]] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
@@ -25,6 +26,8 @@ ROLES: dict[str, dict[str, str]] = {
         "o": r"attention\.output\.dense",
         "in": r"intermediate\.dense",
         "out": r"layer\.\d+\.output\.dense",
+        "up": r"intermediate\.dense",
+        "down": r"layer\.\d+\.output\.dense",
     },
     "llama": {
         "q": r"self_attn\.q_proj",
