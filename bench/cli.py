@@ -51,6 +51,50 @@ def compose(overrides: list[str], hydra: bool = False):
         raise BenchError(f"cannot compose {' '.join(overrides)}: {e}") from e
 
 
+NAMED_GROUPS = ("method", "task", "model", "train", "experiment", "launcher")  # conf/<group>/<name>.yaml
+
+
+def known_names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def unknown_names_message(group: str, names: list[str], known: list[str]) -> str | None:
+    """The one line for names that are not in conf/<group>/ (None when all are): each with its closest known
+    name, then every known one. `bench params` and `bench run` both say it."""
+    unknown = [n for n in names if n not in known]
+    if not unknown:
+        return None
+    hints = [f"{n!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(n, known, n=1)) else "")
+             for n in unknown]
+    return f"unknown {group} {', '.join(hints)}; known: {', '.join(known)}"
+
+
+def check_group_names(argv: list[str]) -> None:
+    """Raise BenchError with that line for the first <group>=<name> override (sweeps too: method=lora,lroa) that
+    names no file under conf/<group>/, before Hydra would print its option list."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from bench.errors import BenchError
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if "=" not in arg or arg.startswith(("-", "~")):
+            continue
+        key = arg.split("=", 1)[0].lstrip("+")
+        if key not in NAMED_GROUPS:
+            continue
+        try:
+            o = parser.parse_override(arg)
+            names = ([str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                     else [str(o.get_value_element_as_str())])
+        except (HydraException, ValueError, TypeError):  # left to Hydra, which names the syntax error
+            continue
+        message = unknown_names_message(key, [n for n in names if n != "null"], known_names(key))
+        if message:
+            raise BenchError(message)
+
+
 class SplitArgs(NamedTuple):
     methods: list[str]  # from method=a,b,c (in order; empty when none was given)
     method: list[str]  # method.<key>=v overrides as given (with a leading + when given so)
@@ -145,6 +189,10 @@ def _run_command(argv: list[str]) -> None:
 
     from bench import sweep_status
 
+    try:
+        check_group_names(argv)  # method=lroa: the did-you-mean line, exit 2 (not Hydra's option list)
+    except BenchError as e:
+        _fail(str(e))
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if multirun:
         from bench.preflight import check_sweep

@@ -69,19 +69,17 @@ def params_table(argv: list[str]):
     import pandas as pd
 
     from bench.cli import CONF_DIR, compose, method_overrides_for, split_overrides
+    from bench.cli import check_group_names, unknown_names_message
 
     methods, method_keys, _, rest = split_overrides(argv, "params")
+    check_group_names(rest)  # task=rtee, model=minlm: the did-you-mean line
     known = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
     explicit_task = any(a.split("=", 1)[0] == "task" for a in rest)
     if not methods:
         methods = [str(compose(rest).method.name)]
     unknown = [m for m in methods if m not in known]
     if unknown and len(unknown) == len(methods):
-        import difflib
-
-        hints = [f"{m!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(m, known, n=1)) else "")
-                 for m in unknown]
-        raise BenchError(f"unknown method {', '.join(hints)}; known: {', '.join(known)}")
+        raise BenchError(unknown_names_message("method", methods, known))
     rows = []
     heads = None
     for m in methods:
