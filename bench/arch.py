@@ -1,15 +1,13 @@
 """Architecture configs of the papers' backbones, embedded so that parameter counts need no download.
 
 The values are those of the models' published ``config.json`` files (the fields that change a parameter
-count, plus the ones transformers needs to build the same modules). ``build_meta`` builds a model on the
-meta device: shapes only, no memory, no weights - enough for every count `bench params` prints.
+count, plus the ones transformers needs to build the same modules). bench.models.build_meta builds a model on
+the meta device: shapes only, no memory, no weights - enough for every count `bench params` prints.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
-
-from bench.errors import BenchError
 
 # name -> (transformers model_type, config fields, decoder-only?)
 ARCHS: dict[str, dict[str, Any]] = {
@@ -63,13 +61,6 @@ ARCHS: dict[str, dict[str, Any]] = {
 }
 ALIASES = {"smollm2": "smollm2-135m", "llama3_8b": "llama3-8b", "llama_7b": "llama-7b"}
 
-AUTO_CLASSES = {
-    "seq_cls": "AutoModelForSequenceClassification",
-    "qa": "AutoModelForQuestionAnswering",
-    "causal_lm": "AutoModelForCausalLM",
-}
-
-
 def arch_name(mcfg: Any) -> Optional[str]:
     """The embedded architecture a model config points at (its ``arch`` key, else its name), or None."""
     for key in (mcfg.get("arch"), mcfg.get("name")):
@@ -86,43 +77,3 @@ def is_decoder(mcfg: Any) -> bool:
         return bool(ARCHS[name]["decoder"])
     return mcfg.get("model_type") in ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "phi", "gemma")
 
-
-def model_config(mcfg: Any, **head_kwargs):
-    """A transformers config for the model: embedded, from a packaged folder, tiny, or a cached hub config."""
-    from transformers import AutoConfig
-
-    name = arch_name(mcfg)
-    if name:
-        spec = ARCHS[name]
-        return AutoConfig.for_model(spec["model_type"], **{**spec["config"], **head_kwargs})
-    source = mcfg.get("source")
-    if source == "tiny":
-        from bench.models import tiny_config
-
-        return tiny_config(mcfg, None, **head_kwargs)
-    if source == "package":
-        from bench.models import package_dir
-
-        return AutoConfig.from_pretrained(str(package_dir(mcfg.package, mcfg.get("subdir", ""))), **head_kwargs)
-    hub_id = mcfg.get("hub_id")
-    try:
-        if not hub_id:
-            raise OSError("no hub_id")
-        return AutoConfig.from_pretrained(hub_id, **head_kwargs)
-    except OSError as e:
-        raise BenchError(
-            f"no embedded architecture for model {mcfg.get('name')!r} and its config cannot be read "
-            f"({str(e).splitlines()[0]}). Embedded: {', '.join(sorted(ARCHS))} (bench/arch.py); "
-            "add it there, or run where the hub is reachable."
-        ) from e
-
-
-def build_meta(mcfg: Any, task_type: str, **head_kwargs):
-    """The model with its task head on the meta device (no weights are read or allocated)."""
-    import torch
-    import transformers
-
-    config = model_config(mcfg, **head_kwargs)
-    auto = getattr(transformers, AUTO_CLASSES[task_type])
-    with torch.device("meta"):
-        return auto.from_config(config)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import difflib
 import shlex
 import sys
-from pathlib import Path
-from typing import NamedTuple
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from bench.config.compose import CONF_DIR
 
 USAGE = """usage: python -m bench <command> [key=value ...]
 
@@ -31,24 +29,6 @@ method.r=16, data.max_train_samples=500, data_dir=../shared/data (or BENCH_DATA_
 def _fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
-
-
-def compose(overrides: list[str], hydra: bool = False):
-    """The composed root config, as `bench run` composes it, for every command and helper that needs one (no
-    output folders, no logging setup). hydra=True keeps the `hydra` node (the sweeper's params). An override
-    that does not compose raises BenchError (one line at the command line, see main)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from bench.errors import BenchError
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise BenchError(f"cannot compose {' '.join(overrides)}: {e}") from e
 
 
 NAMED_GROUPS = ("method", "task", "model", "train", "experiment", "launcher")  # conf/<group>/<name>.yaml
@@ -93,53 +73,6 @@ def check_group_names(argv: list[str]) -> None:
         message = unknown_names_message(key, [n for n in names if n != "null"], known_names(key))
         if message:
             raise BenchError(message)
-
-
-class SplitArgs(NamedTuple):
-    methods: list[str]  # from method=a,b,c (in order; empty when none was given)
-    method: list[str]  # method.<key>=v overrides as given (with a leading + when given so)
-    own: dict[str, list[str]]  # <prefix>.<key>=v for each of the command's own prefixes (e.g. perf), without + / ~
-    rest: list[str]  # everything else, for compose
-
-
-def split_overrides(argv: list[str], command: str, own: tuple[str, ...] = ()) -> SplitArgs:
-    """The one splitter of the commands that take several methods at once (params, perf): -m is dropped (they run
-    every listed method anyway); an argument that is not key=value is an error."""
-    from bench.errors import BenchError
-
-    methods: list[str] = []
-    method: list[str] = []
-    mine: dict[str, list[str]] = {p: [] for p in own}
-    rest: list[str] = []
-    for arg in argv:
-        if arg in ("-m", "--multirun"):
-            continue
-        if "=" not in arg:
-            raise BenchError(f"{command} takes key=value overrides (got {arg!r}); "
-                             f"e.g. python -m bench {command} method=full,lora")
-        key, value = arg.split("=", 1)
-        bare = key.lstrip("+~")
-        prefix = bare.split(".", 1)[0]
-        if bare == "method":
-            methods += [m.strip() for m in value.strip("[]").split(",") if m.strip()]
-        elif bare.startswith("method."):
-            method.append(arg)
-        elif "." in bare and prefix in mine:
-            mine[prefix].append(f"{bare}={value}")
-        else:
-            rest.append(arg)
-    return SplitArgs(methods, method, mine, rest)
-
-
-def method_overrides_for(method_cfg, overrides: list[str]) -> tuple[list[str], list[str]]:
-    """(applicable, skipped): a method.<key>=v override applies to a method whose config has <key>;
-    +method.<key>=v adds the key, so it applies to every method."""
-    applicable, skipped = [], []
-    for o in overrides:
-        key = o.split("=", 1)[0]
-        top = key.lstrip("+~").split(".")[1]
-        (applicable if key.startswith("+") or top in method_cfg else skipped).append(o)
-    return applicable, skipped
 
 
 def _run_command(argv: list[str]) -> None:

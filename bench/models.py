@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from bench.arch import ARCHS, arch_name
 from bench.errors import BenchError
 from bench.hub import hub_reachable
 
@@ -77,8 +78,6 @@ def build_model(mcfg: Any, task_type: str, tokenizer=None, **head_kwargs) -> nn.
 def tiny_config(mcfg: Any, tokenizer=None, **head_kwargs):
     from transformers import AutoConfig
 
-    from bench.arch import ARCHS, arch_name
-
     # a random model of an embedded architecture's shape (model.arch, bench/arch.py), with model.config on top
     embedded = ARCHS[arch_name(mcfg)]["config"] if mcfg.get("arch") and arch_name(mcfg) else {}
     kw = {**embedded, **dict(mcfg.get("config") or {})}
@@ -147,3 +146,40 @@ def set_pooling(model: nn.Module, mode: str) -> nn.Module:
 
     backbone.register_forward_pre_hook(keep_mask, with_kwargs=True)
     return model
+
+
+def model_config(mcfg: Any, **head_kwargs):
+    """A transformers config for the model: embedded, from a packaged folder, tiny, or a cached hub config."""
+    from transformers import AutoConfig
+
+    name = arch_name(mcfg)
+    if name:
+        spec = ARCHS[name]
+        return AutoConfig.for_model(spec["model_type"], **{**spec["config"], **head_kwargs})
+    source = mcfg.get("source")
+    if source == "tiny":
+        return tiny_config(mcfg, None, **head_kwargs)
+    if source == "package":
+        return AutoConfig.from_pretrained(str(package_dir(mcfg.package, mcfg.get("subdir", ""))), **head_kwargs)
+    hub_id = mcfg.get("hub_id")
+    try:
+        if not hub_id:
+            raise OSError("no hub_id")
+        return AutoConfig.from_pretrained(hub_id, **head_kwargs)
+    except OSError as e:
+        raise BenchError(
+            f"no embedded architecture for model {mcfg.get('name')!r} and its config cannot be read "
+            f"({str(e).splitlines()[0]}). Embedded: {', '.join(sorted(ARCHS))} (bench/arch.py); "
+            "add it there, or run where the hub is reachable."
+        ) from e
+
+
+def build_meta(mcfg: Any, task_type: str, **head_kwargs):
+    """The model with its task head on the meta device (no weights are read or allocated)."""
+    import torch
+    import transformers
+
+    config = model_config(mcfg, **head_kwargs)
+    auto = getattr(transformers, AUTO_CLASSES[task_type])
+    with torch.device("meta"):
+        return auto.from_config(config)

@@ -37,11 +37,10 @@ def count_for(cfg, task_type: str, total_steps: int = 1000) -> dict[str, Any]:
     """Build the model on the meta device, apply the configured method, count. One row of the table."""
     import torch
 
-    from bench.arch import build_meta
-    from bench.models import head_modules
+    from bench.models import build_meta, head_modules
     from bench.params import count_parameters
-    from bench.runner import plain, resolve_method
-    from bench.training import method_context
+    from bench.runner import resolve_method
+    from bench.training import method_context, method_options
 
     method = resolve_method(cfg)
     head_kwargs: dict[str, Any] = {}
@@ -56,7 +55,7 @@ def count_for(cfg, task_type: str, total_steps: int = 1000) -> dict[str, Any]:
     # total_steps: only schedules depend on it (ID3's B/T), never a count; nothing may be cached from shapes
     ctx = method_context(model, task_type, cfg, total_steps=total_steps, heads=heads,
                          cache_dir="/nonexistent-bench-params-cache")
-    mcfg = plain(cfg.method)
+    mcfg = method_options(cfg)  # as a run gives them (ID3's method.base: the base's defaults too)
     with torch.device("meta"):  # new adapter tensors live on meta too
         model = method.apply(model, mcfg, ctx)
     counts = count_parameters(model, heads, base_total, method.trainable_parameters(model, mcfg))
@@ -68,7 +67,8 @@ def params_table(argv: list[str]):
     """The rows of `bench params` as a pandas DataFrame (one row per method)."""
     import pandas as pd
 
-    from bench.cli import CONF_DIR, compose, method_overrides_for, split_overrides
+    from bench.config.compose import CONF_DIR, compose
+    from bench.config.overrides import method_overrides_for, split_overrides
     from bench.cli import check_group_names, unknown_names_message
 
     methods, method_keys, _, rest = split_overrides(argv, "params")

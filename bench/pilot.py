@@ -135,63 +135,52 @@ def _options(argv: list[str]) -> tuple[dict, list[str]]:
 
 def plan(rest: list[str]) -> tuple[Any, list[Point], list[str]]:
     """(root config, the pilot's points, its tasks) from the experiment and command-line overrides."""
-    from omegaconf import OmegaConf
-
-    from bench import records
-    from bench import study as S
+    from bench.config.compose import compose
+    from bench.config.identity import run_identity
     from bench.preflight import _first_values, _sweep_lists
-    from bench.table import Composer
 
     points: list[Point] = []
-    with Composer() as compose:
-        root = compose(_first_values(rest), hydra=True)
-        lists = _sweep_lists(rest, root.hydra.sweeper.get("params"))
-        if "train.epochs" not in lists:
-            raise BenchError("a pilot sweeps train.epochs (e.g. hydra.sweeper.params: {train.epochs: 1,2,4}); "
-                             f"{root.get('experiment_name')} does not")
-        budgets = sorted(float(b) for b in lists["train.epochs"])
-        tasks = lists.get("task", [str(root.task.name)])
-        methods = lists.get("method", [str(root.method.name)])
-        seed = int(lists.get("seed", [root.seed])[0])
-        fixed = [o for o in _first_values(rest)
-                 if o.split("=", 1)[0].lstrip("+~") not in ("task", "method", "train.epochs", "seed")]
-        for task in tasks:
-            for method in methods:
-                for b in budgets:
-                    cfg = compose([*fixed, f"task={task}", f"method={method}", f"train.epochs={_fmt(b)}",
-                                   f"seed={seed}", *(["study.lr_index=0"] if root.study.get("lr_grid") else [])])
-                    S.apply_method_cfg(cfg)
-                    config = OmegaConf.to_container(cfg, resolve=True)
-                    config.pop("hydra", None)
-                    if (config.get("study") or {}).get("lr_grid"):
-                        config = S.grid_config(config, seed, 0)
-                    chash = records.config_hash(config)
-                    points.append(Point(task, str(config["method"]["name"]), b, chash,
-                                        records.record_path(config["results_dir"], config, chash)))
+    root = compose(_first_values(rest), hydra=True)
+    lists = _sweep_lists(rest, root.hydra.sweeper.get("params"))
+    if "train.epochs" not in lists:
+        raise BenchError("a pilot sweeps train.epochs (e.g. hydra.sweeper.params: {train.epochs: 1,2,4}); "
+                         f"{root.get('experiment_name')} does not")
+    budgets = sorted(float(b) for b in lists["train.epochs"])
+    tasks = lists.get("task", [str(root.task.name)])
+    methods = lists.get("method", [str(root.method.name)])
+    seed = int(lists.get("seed", [root.seed])[0])
+    fixed = [o for o in _first_values(rest)
+             if o.split("=", 1)[0].lstrip("+~") not in ("task", "method", "train.epochs", "seed")]
+    for task in tasks:
+        for method in methods:
+            for b in budgets:
+                cfg = compose([*fixed, f"task={task}", f"method={method}", f"train.epochs={_fmt(b)}",
+                               f"seed={seed}", *(["study.lr_index=0"] if root.study.get("lr_grid") else [])])
+                identity = run_identity(cfg)  # study.lr_index=0 with a grid: its lr
+                points.append(Point(task, str(identity.config["method"]["name"]), b, identity.hash, identity.path))
     return root, points, tasks
 
 
 def check_train_splits(root: Any, tasks: list[str], rest: list[str]) -> None:
     """Every task of the pilot must have a training split that can be read here: else one message, no run."""
     from bench.data import load_split
+    from bench.config.compose import compose
     from bench.preflight import _first_values
-    from bench.table import Composer
 
     problems = []
-    with Composer() as compose:
-        for task in tasks:
-            t = compose([*[o for o in _first_values(rest) if not o.startswith("task=")], f"task={task}"]).task
-            split = t.get("train_split")
-            if not split:
-                problems.append(f"task {task} has no train split (train_split: null): the pilot trains on train; "
-                                "give the task one (or data.carve_train_from=<split>) or leave it out")
-                continue
-            try:
-                load_split(t, split, root.get("data_dir"))
-            except BenchError as e:
-                problems.append(f"task {task}: the pilot trains on its {split!r} split, which cannot be read here "
-                                f"({str(e).split('. Fix')[0]}); leave it out, or carve a train split with "
-                                "data.carve_train_from=validation")
+    for task in tasks:
+        t = compose([*[o for o in _first_values(rest) if not o.startswith("task=")], f"task={task}"]).task
+        split = t.get("train_split")
+        if not split:
+            problems.append(f"task {task} has no train split (train_split: null): the pilot trains on train; "
+                            "give the task one (or data.carve_train_from=<split>) or leave it out")
+            continue
+        try:
+            load_split(t, split, root.get("data_dir"))
+        except BenchError as e:
+            problems.append(f"task {task}: the pilot trains on its {split!r} split, which cannot be read here "
+                            f"({str(e).split('. Fix')[0]}); leave it out, or carve a train split with "
+                            "data.carve_train_from=validation")
     if problems:
         raise BenchError("; ".join(problems))
 

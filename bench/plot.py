@@ -25,7 +25,7 @@ def _grid(n: int) -> tuple[int, int]:
 
 def _points(sel) -> dict[str, list[tuple[str, float, float, float]]]:
     """task (and 'avg') -> [(row, trainable, mean, std)]."""
-    from bench.table import _score
+    from bench.table.frame import score_of as _score
 
     runs = sel.runs
     out: dict[str, list] = {t: [] for t in [*sel.tasks, "avg"]}
@@ -143,10 +143,10 @@ def _title(sel, what: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from bench.cli import compose
-    from bench.table import _explicit, gap_lines, select
+    from bench.config.compose import compose
+    from bench.table import gap_lines, select, split_filters
 
-    _, rest = _explicit(argv)
+    _, rest = split_filters(argv)
     cfg = compose(rest)
     try:
         sel = select(argv, cfg.results_dir)

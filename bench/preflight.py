@@ -14,7 +14,7 @@ from bench.errors import BenchError
 
 
 def _sweep_lists(argv: list[str], params) -> dict[str, list[str]]:
-    from bench.table import sweep_values
+    from bench.config.overrides import sweep_values
 
     out = {k: sweep_values(k, v) for k, v in (params or {}).items()}
     for a in argv:
@@ -25,7 +25,7 @@ def _sweep_lists(argv: list[str], params) -> dict[str, list[str]]:
 
 
 def _first_values(argv: list[str]) -> list[str]:
-    from bench.table import sweep_values
+    from bench.config.overrides import sweep_values
 
     out = []
     for a in argv:
@@ -58,43 +58,42 @@ def check_sweep(argv: list[str]) -> None:
     """Raise BenchError naming every problem of the sweep given by argv (the overrides of `bench run -m`)."""
     from bench import study as S
     from bench.data import dev_size
-    from bench.table import Composer
+    from bench.config.compose import compose
 
-    with Composer() as compose:
-        root = compose(_first_values(argv), hydra=True)
-        lists = _sweep_lists(argv, root.hydra.sweeper.get("params"))
-        problems = []
-        methods = lists.get("method", [str(root.method.name)])
-        tasks = lists.get("task", [str(root.task.name)])
-        method_names = []
-        for m in methods:
+    root = compose(_first_values(argv), hydra=True)
+    lists = _sweep_lists(argv, root.hydra.sweeper.get("params"))
+    problems = []
+    methods = lists.get("method", [str(root.method.name)])
+    tasks = lists.get("task", [str(root.task.name)])
+    method_names = []
+    for m in methods:
+        try:
+            method_names.append(str(compose([*_first_values(argv), f"method={m}"]).method.name))
+        except BenchError:
+            method_names.append(m)  # an unknown method: its run says so with the known names
+    st = root.get("study")
+    if st is not None and st.get("lr_grid"):
+        problems += S.grid_problems(st.lr_grid, sorted(set(method_names)))
+        ref = st.get("reference")
+        if ref and ref not in method_names:
+            problems.append(f"study.reference={ref!r} is not among the swept methods {sorted(set(method_names))}; "
+                            f"sweep it too or set study.reference to one of them")
+        n = min((len(v) for v in st.lr_grid.values()), default=0)
+        for v in lists.get("study.lr_index", []):
+            if v != S.TUNED and not (v.isdigit() and int(v) < n):
+                problems.append(f"study.lr_index={v} is not a grid entry (0..{n - 1} or tuned)")
+    spec = root.data.get("dev_from_train")
+    if spec not in (None, 0):
+        for t in tasks:
+            cfg = compose([*_first_values(argv), f"task={t}"])
+            if cfg.data.get("carve_train_from"):
+                continue
+            rows = _train_rows(cfg.task, cfg.get("data_dir"))
+            if rows is None:
+                continue
             try:
-                method_names.append(str(compose([*_first_values(argv), f"method={m}"]).method.name))
-            except BenchError:
-                method_names.append(m)  # an unknown method: its run says so with the known names
-        st = root.get("study")
-        if st is not None and st.get("lr_grid"):
-            problems += S.grid_problems(st.lr_grid, sorted(set(method_names)))
-            ref = st.get("reference")
-            if ref and ref not in method_names:
-                problems.append(f"study.reference={ref!r} is not among the swept methods {sorted(set(method_names))}; "
-                                f"sweep it too or set study.reference to one of them")
-            n = min((len(v) for v in st.lr_grid.values()), default=0)
-            for v in lists.get("study.lr_index", []):
-                if v != S.TUNED and not (v.isdigit() and int(v) < n):
-                    problems.append(f"study.lr_index={v} is not a grid entry (0..{n - 1} or tuned)")
-        spec = root.data.get("dev_from_train")
-        if spec not in (None, 0):
-            for t in tasks:
-                cfg = compose([*_first_values(argv), f"task={t}"])
-                if cfg.data.get("carve_train_from"):
-                    continue
-                rows = _train_rows(cfg.task, cfg.get("data_dir"))
-                if rows is None:
-                    continue
-                try:
-                    dev_size(cfg.data.dev_from_train, rows, t)
-                except BenchError as e:
-                    problems.append(str(e))
+                dev_size(cfg.data.dev_from_train, rows, t)
+            except BenchError as e:
+                problems.append(str(e))
     if problems:
         raise BenchError("the sweep was not started:\n  - " + "\n  - ".join(problems))

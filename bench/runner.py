@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
 from bench import records
+from bench.config.identity import run_identity
 from bench.cost import CostCallback, memory_figures
 from bench.data import DEV_ALIAS, default_cache_dir
 from bench.errors import BenchError
@@ -72,10 +73,8 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
     except study.NotChosen as e:
         print(f"[bench] skip: {e}")
         return {"skipped": "not the lr chosen on dev"}
-    config = plain(cfg)
-    config.pop("hydra", None)
-    chash = records.config_hash(config)
-    path = records.record_path(cfg.results_dir, config, chash)
+    identity = run_identity(cfg)  # the config the record stores, its hash, the record's path
+    config, chash, path = identity.config, identity.hash, identity.path
     if not cfg.force and records.completed(path, chash):
         print(f"[bench] skip: {path.name} already has an ok record with this config hash (force=true reruns)")
         return {**(records.read_record(path) or {}), "skipped": "already done"}

@@ -16,7 +16,8 @@ from typing import Optional
 import pandas as pd
 
 from bench.study_table import Study, ranks, reported_runs, vs
-from bench.table import REPO_ROOT, to_markdown
+from bench.table.protocol import REPO_ROOT
+from bench.table.render import to_markdown
 
 CLAIMS = REPO_ROOT / "results" / "paper" / "claims" / "study_claims.yaml"
 TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "rte": "RTE", "qnli": "QNLI", "mrpc": "MRPC", "stsb": "STS-B",

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from bench import records, stats
+from bench import stats
 from bench.errors import BenchError
 from bench.predictions import decode_splits
 from bench.table.frame import SCALE, iter_records, load_records  # noqa: F401  (iter_records: re-exported)
@@ -71,47 +71,48 @@ def _main_metric_parts(task_cfg) -> dict:
 # ------------------------------------------------------------------------------------------------
 def expected_runs(argv: list[str]) -> Study:
     from bench import study as S
-    from bench.table import Composer, TABLE_ONLY_KEYS, _explicit, run_config, sweep_values
+    from bench.config.compose import compose
+    from bench.config.identity import run_identity
+    from bench.config.overrides import sweep_values
+    from bench.table.protocol import TABLE_ONLY_KEYS, split_filters
 
-    filters, rest = _explicit(argv, ("method", "task", "seed"))
+    filters, rest = split_filters(argv, ("method", "task", "seed"))
     rest = [o for o in rest if o.split("=", 1)[0].lstrip("+") not in (*TABLE_ONLY_KEYS, "reference", "n_boot")]
-    with Composer() as compose:
-        root = compose(rest, hydra=True)
-        params = root.hydra.sweeper.get("params") or {}
+    root = compose(rest, hydra=True)
+    params = root.hydra.sweeper.get("params") or {}
 
-        def values(key, default):
-            return sweep_values(key, params[key]) if key in params else default
+    def values(key, default):
+        return sweep_values(key, params[key]) if key in params else default
 
-        tasks = values("task", [str(root.task.name)])
-        methods = values("method", [str(root.method.name)])
-        seeds = [int(s) for s in values("seed", [str(root.seed)])]
-        # task= / method= / seed= given to `bench table` name the table's tasks, rows and seeds (as they
-        # name a sweep's): the protocol also tables tasks the experiment does not sweep
-        tasks = filters.get("task", tasks)
-        methods = filters.get("method", methods)
-        seeds = [int(s) for s in filters["seed"]] if "seed" in filters else seeds
-        problems = S.grid_problems(root.study.lr_grid, methods)
-        if problems:
-            raise BenchError("; ".join(problems))
-        grid = {m: [float(x) for x in root.study.lr_grid[m]] for m in methods}
-        st = Study(name=str(root.experiment_name), model=str(root.model.name), tasks=tasks, methods=methods,
-                   seeds=seeds, tune_seeds=[int(s) for s in root.study.tune_seeds], grid=grid,
-                   reference=str(root.study.get("reference") or "lora"))
-        st.protocol = {"dev": dict(root.data), "train": {k: root.train[k] for k in (
-            "epochs", "max_steps", "batch_size", "selection", "eval_strategy", "precision", "warmup_ratio")},
-            "pooling": root.model.get("pooling", "cls"), "extra_overrides": [o for o in rest if not o.startswith("experiment=")]}
-        for task in tasks:
-            for method in methods:
-                cfg = compose([*rest, f"task={task}", f"method={method}"])
-                S.apply_method_cfg(cfg)
-                st.task_info.setdefault(task, _main_metric_parts(cfg.task))
-                config, _ = run_config(cfg)
-                n = len(grid[method])
-                for seed in seeds:
-                    for i in range(n):
-                        h = records.config_hash(S.grid_config(config, seed, i))
-                        st.expected[h] = {"task": task, "method": method, "seed": seed, "lr_index": i,
-                                          "lr": grid[method][i], "tune": seed in st.tune_seeds}
+    tasks = values("task", [str(root.task.name)])
+    methods = values("method", [str(root.method.name)])
+    seeds = [int(s) for s in values("seed", [str(root.seed)])]
+    # task= / method= / seed= given to `bench table` name the table's tasks, rows and seeds (as they
+    # name a sweep's): the protocol also tables tasks the experiment does not sweep
+    tasks = filters.get("task", tasks)
+    methods = filters.get("method", methods)
+    seeds = [int(s) for s in filters["seed"]] if "seed" in filters else seeds
+    problems = S.grid_problems(root.study.lr_grid, methods)
+    if problems:
+        raise BenchError("; ".join(problems))
+    grid = {m: [float(x) for x in root.study.lr_grid[m]] for m in methods}
+    st = Study(name=str(root.experiment_name), model=str(root.model.name), tasks=tasks, methods=methods,
+               seeds=seeds, tune_seeds=[int(s) for s in root.study.tune_seeds], grid=grid,
+               reference=str(root.study.get("reference") or "lora"))
+    st.protocol = {"dev": dict(root.data), "train": {k: root.train[k] for k in (
+        "epochs", "max_steps", "batch_size", "selection", "eval_strategy", "precision", "warmup_ratio")},
+        "pooling": root.model.get("pooling", "cls"), "extra_overrides": [o for o in rest if not o.startswith("experiment=")]}
+    for task in tasks:
+        for method in methods:
+            cfg = compose([*rest, f"task={task}", f"method={method}"])
+            identity = run_identity(cfg)  # the study's settings applied to cfg too
+            st.task_info.setdefault(task, _main_metric_parts(cfg.task))
+            n = len(grid[method])
+            for seed in seeds:
+                for i in range(n):
+                    h = identity.at(seed, i).hash
+                    st.expected[h] = {"task": task, "method": method, "seed": seed, "lr_index": i,
+                                      "lr": grid[method][i], "tune": seed in st.tune_seeds}
     return st
 
 

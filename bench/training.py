@@ -50,10 +50,19 @@ def enable_gradient_checkpointing(model) -> None:
     target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def method_options(cfg: DictConfig) -> dict:
+    """The method's options as the method receives them (plain dict), for a run and for `bench params` alike: a
+    method over a base method (ID3's method.base) gets the base's YAML defaults under the given method.base_cfg."""
+    mcfg = OmegaConf.to_container(cfg.method, resolve=True)
+    if mcfg.get("base"):
+        mcfg["base_cfg"] = {**base_method_defaults(mcfg["base"]), **(mcfg.get("base_cfg") or {})}
+    return mcfg
+
+
 def base_method_defaults(name: str) -> dict:
     """conf/method/<name>.yaml as a dict ({} when there is none: the method's own validation then says what is
     missing). methods/ reads no config file: a method wrapping another (ID3's method.base) gets them from here."""
-    from bench.cli import CONF_DIR
+    from bench.config.compose import CONF_DIR
 
     file = CONF_DIR / "method" / f"{name}.yaml"
     if not file.is_file():
@@ -84,9 +93,7 @@ def apply_method(cfg: DictConfig, method, model, task_type: str, total_steps: in
     heads = head_modules(model)
     base_total = count_parameters(model)["total"]
     ctx = method_context(model, task_type, cfg, total_steps=total_steps, seed=seed, heads=heads)
-    mcfg = OmegaConf.to_container(cfg.method, resolve=True)
-    if mcfg.get("base"):  # a method over a base method (ID3): the base's YAML defaults under the given base_cfg
-        mcfg["base_cfg"] = {**base_method_defaults(mcfg["base"]), **(mcfg.get("base_cfg") or {})}
+    mcfg = method_options(cfg)
     set_seed(ctx.seed)  # the method's own initialisation is seeded too
     try:
         model = method.apply(model, mcfg, ctx)

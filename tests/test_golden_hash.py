@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import records, study
-from bench.cli import compose
+from bench import records
+from bench.config.compose import compose
+from bench.config.identity import run_identity
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,15 +53,10 @@ def test_stored_config_rehashes(name, rec):
 
 
 def _recomposed_hash(rec: dict) -> str:
-    from omegaconf import OmegaConf
-
-    cfg = compose(list(rec["overrides"]))
-    study.apply_method_cfg(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("hydra", None)
-    if (config.get("study") or {}).get("lr_grid"):
-        config = study.grid_config(config, int(rec["seed"]), int(rec["study"]["index"]))
-    return records.config_hash(config)
+    identity = run_identity(compose(list(rec["overrides"])))  # the run's identity, as bench run computes it
+    if (identity.config.get("study") or {}).get("lr_grid"):  # a reporting seed's study.lr_index=tuned
+        identity = identity.at(int(rec["seed"]), int(rec["study"]["index"]))
+    return identity.hash
 
 
 @pytest.mark.parametrize("name,rec", RECORDS, ids=[n for n, _ in RECORDS])

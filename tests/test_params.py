@@ -82,3 +82,14 @@ def test_llama_counts(tiny_llama):
     kv = h // cfg.num_attention_heads * cfg.num_key_value_heads
     layer = h * h + 2 * h * kv + h * h + 3 * h * i + 2 * h
     assert count_parameters(tiny_llama)["total"] == v * h + layers * layer + h
+
+
+def test_bench_params_gives_a_base_method_its_defaults_as_a_run_does():
+    """`bench params method=id3 method.base=lora` counts with LoRA's YAML defaults under method.base_cfg (as
+    bench.training.apply_method gives them to a run); before, the base got none and LoRA's validation failed."""
+    from bench import paramtable
+    from bench.config.compose import compose
+
+    cfg = compose(["method=id3", "method.base=lora", "method.budget=1000", "model=roberta-base", "task=rte"])
+    counts = paramtable.count_for(cfg, "seq_cls")
+    assert counts["trainable_method"] == 1000

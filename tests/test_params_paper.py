@@ -4,8 +4,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from bench import paramtable
-from bench.arch import ARCHS, build_meta
-from bench.cli import CONF_DIR
+from bench.arch import ARCHS
+from bench.models import build_meta
+from bench.config.compose import CONF_DIR
 from bench.params import count_parameters
 
 # totals of the published checkpoints (with a 2-label head for the encoders, the LM head for the decoders)

@@ -28,7 +28,7 @@ def test_parse_argv_splits_methods_perf_method_and_hydra_overrides():
         ["method=full,lora", "perf.steps=3", "method.r=4", "model=tiny-bert", "train.precision=bf16"])
     assert methods == ["full", "lora"]
     assert p_ov == ["perf.steps=3"]
-    assert m_ov == ["method.r=4"]  # as given: the one splitter (bench.cli.split_overrides) keeps the prefix
+    assert m_ov == ["method.r=4"]  # as given: the one splitter (bench.config.overrides.split_overrides) keeps the prefix
     assert rest == ["model=tiny-bert", "train.precision=bf16"]
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from conftest import run_cli
 
 from bench import squad_metrics as SM
-from bench.cli import compose
+from bench.config.compose import compose
 from bench.data import TaskData, subsample
 from bench.errors import BenchError
 from bench.tasks import get_family

@@ -198,7 +198,7 @@ def test_reference_row_not_in_the_table_is_one_clear_message(tmp_path):
 def test_reporting_seed_runs_only_the_entry_chosen_on_dev(tmp_path):
     from bench import records, study
     from bench.errors import BenchError
-    from bench.table import run_config
+    from bench.config.identity import run_identity
 
     base = [STUDY, "task=rte", "method=lora", f"results_dir={tmp_path}"]
     with pytest.raises(study.TuningIncomplete, match="run the tuning seeds"):
@@ -206,8 +206,9 @@ def test_reporting_seed_runs_only_the_entry_chosen_on_dev(tmp_path):
     for i, dev in enumerate([0.6, 0.8, 0.7]):  # tuning records of seed 1: index 1 wins on dev
         cfg = compose_cfg([*base, "seed=1", f"study.lr_index={i}"])
         study.resolve(cfg)
-        config, h = run_config(cfg)
-        records.write_json_atomic(records.record_path(tmp_path, config, h),
+        identity = run_identity(cfg)
+        h = identity.hash
+        records.write_json_atomic(identity.path,
                                   {"status": "ok", "config_hash": h, "selection": {"dev_score": dev}})
     with pytest.raises(study.NotChosen, match="not the entry chosen on dev"):
         study.resolve(compose_cfg([*base, "seed=2", "study.lr_index=0"]))

@@ -88,35 +88,34 @@ def stub_training(monkeypatch):
 
 
 def test_resume_skips_ok_records_force_reruns_failed_rerun(tmp_path, stub_training):
-    from bench.table import Composer
+    from bench.config.compose import compose as compose_cfg
 
     base = ["method=lora", "task=rte", "model=tiny-bert", f"results_dir={tmp_path}", "train.progress=false"]
-    with Composer() as compose_cfg:  # one Hydra initialisation for the compositions below
-        first = runner.run(compose_cfg(base))
-        path = Path(first["path"])
-        stamp = path.stat().st_mtime_ns
-        assert stub_training == [1] and json.loads(path.read_text())["status"] == "ok"
+    first = runner.run(compose_cfg(base))
+    path = Path(first["path"])
+    stamp = path.stat().st_mtime_ns
+    assert stub_training == [1] and json.loads(path.read_text())["status"] == "ok"
 
-        again = runner.run(compose_cfg(base))  # same config hash, ok record: skipped
-        assert stub_training == [1] and path.stat().st_mtime_ns == stamp and again["config_hash"] == first["config_hash"]
+    again = runner.run(compose_cfg(base))  # same config hash, ok record: skipped
+    assert stub_training == [1] and path.stat().st_mtime_ns == stamp and again["config_hash"] == first["config_hash"]
 
-        runner.run(compose_cfg([*base, "train.num_threads=1", "train.logging_steps=1"]))  # non-semantic keys: still skip
-        assert stub_training == [1]
+    runner.run(compose_cfg([*base, "train.num_threads=1", "train.logging_steps=1"]))  # non-semantic keys: still skip
+    assert stub_training == [1]
 
-        runner.run(compose_cfg([*base, "force=true"]))
-        assert stub_training == [1, 1] and path.stat().st_mtime_ns != stamp
+    runner.run(compose_cfg([*base, "force=true"]))
+    assert stub_training == [1, 1] and path.stat().st_mtime_ns != stamp
 
-        other = runner.run(compose_cfg([*base, "train.lr=1e-3"]))  # another config: another record
-        assert stub_training == [1, 1, 1] and Path(other["path"]) != path
+    other = runner.run(compose_cfg([*base, "train.lr=1e-3"]))  # another config: another record
+    assert stub_training == [1, 1, 1] and Path(other["path"]) != path
 
-        with pytest.raises(RuntimeError, match="injected"):
-            runner.run(compose_cfg([*base, "train.weight_decay=0.5"]))
-        failed = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
-        failed = [r for r in failed if r["status"] == "failed"]
-        assert len(failed) == 1 and failed[0]["error"] == "RuntimeError: injected failure" and failed[0]["traceback"]
-        with pytest.raises(RuntimeError):  # a failed record is not "done": the rerun trains again
-            runner.run(compose_cfg([*base, "train.weight_decay=0.5"]))
-        assert len(stub_training) == 5
+    with pytest.raises(RuntimeError, match="injected"):
+        runner.run(compose_cfg([*base, "train.weight_decay=0.5"]))
+    failed = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    failed = [r for r in failed if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["error"] == "RuntimeError: injected failure" and failed[0]["traceback"]
+    with pytest.raises(RuntimeError):  # a failed record is not "done": the rerun trains again
+        runner.run(compose_cfg([*base, "train.weight_decay=0.5"]))
+    assert len(stub_training) == 5
 
 
 def test_invalid_config_is_recorded_in_a_sweep_but_not_in_a_single_run(tmp_path, stub_training):
@@ -178,11 +177,10 @@ def test_concurrent_writers_never_tear_a_record(tmp_path):
 # experiments: the papers' protocols
 # ------------------------------------------------------------------------------------------------
 def test_experiment_pins_the_protocol_and_may_set_root_keys():
-    from bench.table import Composer
+    from bench.config.compose import compose
 
-    with Composer() as compose:
-        rte = compose(["experiment=propulsion_glue_cpu", "task=rte"], hydra=True)
-        stsb = compose(["experiment=propulsion_glue", "task=stsb"])
+    rte = compose(["experiment=propulsion_glue_cpu", "task=rte"], hydra=True)
+    stsb = compose(["experiment=propulsion_glue", "task=stsb"])
     # root keys set by an experiment reach the config (they did not while _self_ came last)
     assert rte.experiment_name == "propulsion_glue_cpu" and rte.data.max_train_samples == 256
     assert rte.model.name == "minilm" and rte.method.name == "propulsion" and rte.table_variant == "cpu"
@@ -205,11 +203,10 @@ def test_every_experiment_has_a_paper_table_seeds_and_tasks():
 
 
 def test_cpu_variants_only_use_tasks_whose_data_is_here(shared_data):
-    from bench.table import Composer
+    from bench.config.compose import compose
 
-    with Composer() as compose:
-        grids = {f.stem: compose([f"experiment={f.stem}"], hydra=True).hydra.sweeper.params.task
-                 for f in sorted((CONF / "experiment").glob("*_cpu.yaml"))}
+    grids = {f.stem: compose([f"experiment={f.stem}"], hydra=True).hydra.sweeper.params.task
+             for f in sorted((CONF / "experiment").glob("*_cpu.yaml"))}
     for name, grid in grids.items():
         for t in grid.split(","):
             task = yaml.safe_load((CONF / "task" / f"{t}.yaml").read_text())
@@ -220,35 +217,36 @@ def test_cpu_variants_only_use_tasks_whose_data_is_here(shared_data):
 def test_every_row_of_every_experiment_composes():
     from methods import available
 
-    from bench.table import Composer, load_paper, merge_overrides
+    from bench.config.compose import compose
+    from bench.config.overrides import merge_overrides
+    from bench.table import load_paper
 
     have = set(available())
-    with Composer() as compose:
-        for f in sorted((CONF / "experiment").glob("*.yaml")):
-            root = compose([f"experiment={f.stem}"], hydra=True)
-            if root.study.lr_grid:  # a study: every swept method at every grid entry (its rows are its methods)
-                from bench import study
+    for f in sorted((CONF / "experiment").glob("*.yaml")):
+        root = compose([f"experiment={f.stem}"], hydra=True)
+        if root.study.lr_grid:  # a study: every swept method at every grid entry (its rows are its methods)
+            from bench import study
 
-                for method in root.hydra.sweeper.params.method.split(","):
-                    for i in range(len(root.study.lr_grid[method])):
-                        cfg = compose([f"experiment={f.stem}", f"method={method}", f"study.lr_index={i}", "seed=1"])
-                        study.resolve(cfg)
-                        assert cfg.train.lr == root.study.lr_grid[method][i]
-                        runner.validate_config(cfg)
-                        runner.resolve_method(cfg)
+            for method in root.hydra.sweeper.params.method.split(","):
+                for i in range(len(root.study.lr_grid[method])):
+                    cfg = compose([f"experiment={f.stem}", f"method={method}", f"study.lr_index={i}", "seed=1"])
+                    study.resolve(cfg)
+                    assert cfg.train.lr == root.study.lr_grid[method][i]
+                    runner.validate_config(cfg)
+                    runner.resolve_method(cfg)
+            continue
+        paper = load_paper(root.paper_table)
+        first = root.hydra.sweeper.params.task.split(",")[0]
+        for row in paper["rows"]:
+            extra = (row.get("variants") or {}).get(root.table_variant) or [] if root.table_variant else []
+            overrides = merge_overrides([*row["overrides"], *extra])
+            method = next(o.split("=", 1)[1] for o in overrides if o.startswith("method="))
+            if not (CONF / "method" / f"{method}.yaml").is_file():
                 continue
-            paper = load_paper(root.paper_table)
-            first = root.hydra.sweeper.params.task.split(",")[0]
-            for row in paper["rows"]:
-                extra = (row.get("variants") or {}).get(root.table_variant) or [] if root.table_variant else []
-                overrides = merge_overrides([*row["overrides"], *extra])
-                method = next(o.split("=", 1)[1] for o in overrides if o.startswith("method="))
-                if not (CONF / "method" / f"{method}.yaml").is_file():
-                    continue
-                cfg = compose([f"experiment={f.stem}", *overrides, f"task={first}"])
-                assert cfg.method.name in have, (f.stem, row["label"])
-                runner.validate_config(cfg)
-                runner.resolve_method(cfg)  # the method accepts the row's options
+            cfg = compose([f"experiment={f.stem}", *overrides, f"task={first}"])
+            assert cfg.method.name in have, (f.stem, row["label"])
+            runner.validate_config(cfg)
+            runner.resolve_method(cfg)  # the method accepts the row's options
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,18 +267,17 @@ def env():
 
 
 def expected_names(out: Path) -> set[str]:
-    from bench.table import Composer, run_config
+    from bench.config.compose import compose
+    from bench.config.identity import run_identity
 
     names = set()
-    with Composer() as compose:
-        for m in ("lora", "ia3", "full"):
-            for t in ("rte", "sst2"):
-                cfg = compose([*(o for o in SWEEP if o.split("=")[0] not in ("method", "task", "seed")),
-                               f"method={m}", f"task={t}", f"results_dir={out / 'runs'}"])
-                for s in (1, 2):
-                    cfg.seed = s
-                    config, chash = run_config(cfg)
-                    names.add(records.record_path(out / "runs", config, chash).name)
+    for m in ("lora", "ia3", "full"):
+        for t in ("rte", "sst2"):
+            cfg = compose([*(o for o in SWEEP if o.split("=")[0] not in ("method", "task", "seed")),
+                           f"method={m}", f"task={t}", f"results_dir={out / 'runs'}"])
+            for s in (1, 2):
+                cfg.seed = s
+                names.add(run_identity(cfg, out / "runs").path.name)
     return names
 
 

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from bench import records, table
-from bench.table import Composer, Selection, run_config
+from bench.config.compose import compose
+from bench.config.identity import run_identity
+from bench.table import Selection
 
 PAPER = table.load_paper("lora_dash_glue")
 
@@ -189,16 +191,16 @@ def test_experiment_mode_matches_by_hash_and_lists_gaps(tmp_path, capsys):
     runs = tmp_path / "runs"
     exp = ["experiment=lora_dash_glue", "method=lora_dash_glue"]
     reported = next(r for r in PAPER["rows"] if r["label"] == "LoRA-Dash")["reported"]
-    with Composer() as compose:
-        cells = {}
-        for task in ("rte", "mrpc"):
-            cfg = compose([*exp, f"task={task}"])
-            for seed in (1, 2, 3):
-                cfg.seed = seed
-                cells[(task, seed)] = run_config(cfg)
-        off_cfg = compose([*exp, "task=rte", "train.max_steps=5"])
-        off_cfg.seed = 1
-        off = run_config(off_cfg)
+    cells = {}
+    for task in ("rte", "mrpc"):
+        cfg = compose([*exp, f"task={task}"])
+        for seed in (1, 2, 3):
+            cfg.seed = seed
+            identity = run_identity(cfg)
+            cells[(task, seed)] = identity.config, identity.hash
+    off_cfg = compose([*exp, "task=rte", "train.max_steps=5"])
+    off_cfg.seed = 1
+    off = run_identity(off_cfg).config, run_identity(off_cfg).hash
     for (task, seed), (config, chash) in cells.items():
         if (task, seed) == ("rte", 3):
             continue  # missing
@@ -225,12 +227,11 @@ def test_experiment_mode_matches_by_hash_and_lists_gaps(tmp_path, capsys):
     sweep = {p.split("=", 1)[0]: p.split("=", 1)[1].split(",") for p in parts if p.split("=", 1)[0] in ("task", "seed")}
     fixed = [p for p in parts if p.split("=", 1)[0] not in ("task", "seed")]
     assert sweep == {"task": ["rte", "mrpc"], "seed": ["3"]}
-    with Composer() as compose:
-        got = set()
-        for task in sweep["task"]:
-            cfg = compose([*fixed, f"task={task}"])
-            cfg.seed = 3
-            got.add(run_config(cfg)[1])
+    got = set()
+    for task in sweep["task"]:
+        cfg = compose([*fixed, f"task={task}"])
+        cfg.seed = 3
+        got.add(run_identity(cfg).hash)
     assert got == {cells[("rte", 3)][1], cells[("mrpc", 3)][1]}
 
 
@@ -284,7 +285,7 @@ def test_runs_csv_is_flat(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# records -> frame in one place; composition through bench.cli.compose
+# records -> frame in one place; composition through bench.config.compose
 # ------------------------------------------------------------------------------------------------
 def test_main_reads_the_records_once(tmp_path, monkeypatch):
     from bench.table import frame
@@ -329,17 +330,6 @@ def test_load_records_reads_gzip_and_json_lines_and_lists_unreadable_files(tmp_p
     assert df.loc[df["seed"] == 1, "record"].iloc[0]["config_hash"] == rec["config_hash"]  # the raw record, kept
 
 
-def test_composer_composes_through_the_one_cli_compose(monkeypatch):
-    from bench import cli
-
-    seen = []
-    monkeypatch.setattr(cli, "compose", lambda overrides, hydra=False: seen.append((list(overrides), hydra)) or "cfg")
-    with Composer() as compose:
-        assert compose(["task=rte"], hydra=True) == "cfg" and compose(["task=sst2"]) == "cfg"
-    assert seen == [(["task=rte"], True), (["task=sst2"], False)]
-
-
 def test_a_bad_override_is_one_bench_error():
     with pytest.raises(table.BenchError, match="cannot compose"):
-        with Composer() as compose:
-            compose(["method=no_such_method"])
+        compose(["method=no_such_method"])

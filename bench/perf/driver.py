@@ -146,10 +146,9 @@ def run_benchmark(configs: dict[str, dict], p: DictConfig, log=None) -> dict[str
 
 
 def print_help() -> None:
-    from bench import perf
     from bench.perf.options import defaults
 
-    print(perf.__doc__)
+    print(sys.modules["bench.perf"].__doc__)  # the package's usage (imported before this module, never by it)
     print("options (perf.<key>=value; conf/perf/default.yaml):")
     for k, v in defaults().items():
         print(f"  perf.{k}={v}")

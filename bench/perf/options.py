@@ -7,7 +7,9 @@ import functools
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.cli import compose, method_overrides_for, split_overrides
+from bench.config.compose import compose
+from bench.config.identity import run_identity
+from bench.config.overrides import method_overrides_for, split_overrides
 from bench.errors import BenchError
 
 FLOOR = "frozen"  # the pseudo-method of the frozen floor (bench/perf/session.py), not in the registry
@@ -61,12 +63,6 @@ def perf_options(perf_overrides: list[str]) -> DictConfig:
     return p
 
 
-def _plain(cfg: DictConfig) -> dict:
-    out = OmegaConf.to_container(cfg, resolve=True)
-    out.pop("hydra", None)
-    return out
-
-
 def method_configs(methods: list[str], method_ov: list[str], rest: list[str], p: DictConfig) -> dict[str, dict]:
     """name -> the fully composed config (plain dict) for that method; `frozen` gets the root config's.
 
@@ -93,12 +89,12 @@ def method_configs(methods: list[str], method_ov: list[str], rest: list[str], p:
         for key, value in ((p.method_overrides or {}).get(m) or {}).items():
             if key not in given:
                 cfg.method[key] = value
-        out[m] = _plain(cfg)
+        out[m] = run_identity(cfg).config
     unused = [o.split("=", 1)[0].lstrip("+~") for o in method_ov if o not in used]
     if unused:
         raise BenchError(f"no listed method has the option(s) {', '.join(unused)}")
     if FLOOR in methods:
-        container = _plain(compose(rest))
+        container = run_identity(compose(rest)).config
         container["method"] = {"name": FLOOR}
         out[FLOOR] = container
     return {m: out[m] for m in methods}

@@ -32,7 +32,7 @@ def _options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def _check_experiment(argv: list[str]) -> None:
-    from bench.cli import CONF_DIR
+    from bench.config.compose import CONF_DIR
 
     for a in argv:
         key, _, name = a.partition("=")
@@ -45,15 +45,15 @@ def _check_experiment(argv: list[str]) -> None:
 
 
 def _compose(argv: list[str]):
-    from bench.table import FILTER_KEYS, Composer
+    from bench.config.compose import compose
+    from bench.table import FILTER_KEYS
 
     # filters (method=lora,ia3 ...) and the study table's own options are not config overrides
     rest = [a for a in argv if a.split("=", 1)[0] not in (*FILTER_KEYS, "reference")]
-    with Composer() as compose:
-        try:
-            return compose(rest)
-        except BenchError as e:
-            raise BenchError(str(e).strip().splitlines()[0]) from None
+    try:
+        return compose(rest)
+    except BenchError as e:
+        raise BenchError(str(e).strip().splitlines()[0]) from None
 
 
 def build(argv: list[str]) -> tuple[Path, object]:

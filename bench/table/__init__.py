@@ -5,7 +5,7 @@ One job per module:
 * bench.table.frame: records -> one pandas DataFrame (load_records, also for the study table and plots) and
   the per-cell statistics (cell_stats: a groupby over (row, task));
 * bench.table.protocol: which runs a table holds - the experiment / paper protocol matched by config hash
-  (configs composed by bench.cli.compose, as `bench run` composes them), or every ok record;
+  (configs composed by bench.config.compose, as `bench run` composes them), or every ok record;
 * bench.table.render: the display frame, Markdown, LaTeX, header and gap lines;
 * here: the command (records loaded once, then the study table or the paper / records table).
 
@@ -22,33 +22,28 @@ from pathlib import Path
 
 from bench.errors import BenchError
 from bench.table.frame import SCALE, cell_stats, count_range, flat_csv, iter_records, load_records, record_row, scores
-from bench.table.frame import score_of as _score  # noqa: F401  (bench.plot)
 from bench.table.protocol import (
     FILTER_KEYS,
     PAPER_DIR,
     REPO_ROOT,
     TABLE_ONLY_KEYS,
-    Composer,
     Selection,
-    _explicit,
     config_diff,
     fill_commands,
     load_paper,
-    merge_overrides,
-    run_config,
     select,
     select_experiment,
     select_records,
-    sweep_values,
+    split_filters,
 )
 from bench.table.render import display_table, gap_lines, header_lines, to_latex, to_markdown
 
 __all__ = [
     "FILTER_KEYS", "PAPER_DIR", "REPO_ROOT", "SCALE", "STUDY_ONLY_KEYS", "TABLE_ONLY_KEYS", "BenchError",
-    "Composer", "Selection", "cell_stats", "config_diff", "count_range", "display_table", "fill_commands",
+    "Selection", "cell_stats", "config_diff", "count_range", "display_table", "fill_commands",
     "flat_csv", "gap_lines", "header_lines", "iter_records", "load_paper", "load_records", "main",
-    "merge_overrides", "record_row", "run_config", "scores", "select", "select_experiment", "select_records",
-    "sweep_values", "to_latex", "to_markdown",
+    "record_row", "scores", "select", "select_experiment", "select_records", "split_filters",
+    "to_latex", "to_markdown",
 ]  # fmt: skip
 
 STUDY_ONLY_KEYS = ("reference", "n_boot")  # `bench table` options of a study table, not config keys
@@ -61,9 +56,9 @@ def _error(e: BenchError) -> None:
 
 def main(argv: list[str]) -> None:
     from bench import study_table
-    from bench.cli import compose
+    from bench.config.compose import compose
 
-    _, rest = _explicit(argv)
+    _, rest = split_filters(argv)
     study_opts = [a for a in rest if a.split("=", 1)[0] in STUDY_ONLY_KEYS]
     rest = [a for a in rest if a not in study_opts]
     try:

@@ -4,7 +4,7 @@
   grid (``hydra.sweeper.params``: tasks, seeds); results/paper/<paper_table>.yaml gives the rows (each a label
   plus the overrides that reproduce it), the column order, the metric the paper reports per column and the
   paper's numbers with their source. Every expected run (row x task x seed) is composed exactly as `bench run`
-  composes it (bench.cli.compose) and identified by its config hash - the hash that makes sweeps resume - so a
+  composes it (bench.config.compose) and identified by its config hash - the hash that makes sweeps resume - so a
   record counts only when it ran the pinned protocol. Missing, failed and off-protocol runs (the experiment's
   records whose config differs, with the differing keys) are listed, never silently dropped, together with
   the commands that fill the gaps. Any further key=value given to `bench table` is part of the protocol.
@@ -21,6 +21,9 @@ from typing import Any, Optional
 import pandas as pd
 
 from bench import records
+from bench.config.compose import compose
+from bench.config.identity import run_identity
+from bench.config.overrides import merge_overrides, sweep_values
 from bench.errors import BenchError
 from bench.table.frame import load_records
 
@@ -28,45 +31,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PAPER_DIR = REPO_ROOT / "results" / "paper"
 FILTER_KEYS = ("method", "task", "model", "seed")
 TABLE_ONLY_KEYS = ("tables_dir", "figures_dir")  # keys of `bench table` / `bench plot`, not of a run
-
-
-# ------------------------------------------------------------------------------------------------
-# composing configs: bench.cli.compose, the one composition of every command
-# ------------------------------------------------------------------------------------------------
-class Composer:
-    """``with Composer() as compose: compose(overrides, hydra=False)``: configs composed as `bench run` composes
-    them, by bench.cli.compose (Hydra's initialisation costs microseconds, so each call composes on its own).
-    A bad override raises BenchError."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-    def __call__(self, overrides: list[str], hydra: bool = False):
-        from bench.cli import compose
-
-        return compose(list(overrides), hydra=hydra)
-
-
-def run_config(cfg) -> tuple[dict, str]:
-    """(resolved config dict, config hash) exactly as bench.runner.run computes them."""
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("hydra", None)
-    return config, records.config_hash(config)
-
-
-def sweep_values(key: str, value: Any) -> list[str]:
-    """The values of a Hydra sweep string such as '1,2,3' or 'range(1,4)'."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    override = OverridesParser.create().parse_override(f"{key}={value}")
-    if override.is_sweep_override():
-        return [str(v) for v in override.sweep_string_iterator()]
-    return [str(override.get_value_element_as_str())]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,7 +81,7 @@ class Selection:
     meta: dict = field(default_factory=dict)
 
 
-def _explicit(argv: list[str], keys: tuple[str, ...] = FILTER_KEYS) -> tuple[dict[str, list[str]], list[str]]:
+def split_filters(argv: list[str], keys: tuple[str, ...] = FILTER_KEYS) -> tuple[dict[str, list[str]], list[str]]:
     """Filters (method=, task=, model=, seed= with comma lists) and the remaining overrides."""
     filters: dict[str, list[str]] = {}
     rest = []
@@ -153,41 +117,41 @@ def config_diff(actual: dict, expected: dict, limit: int = 6) -> str:
 
 
 def select_experiment(argv: list[str], df: pd.DataFrame) -> Selection:
-    filters, rest = _explicit(argv, ("method", "task", "seed"))  # model= is part of the protocol here
+    filters, rest = split_filters(argv, ("method", "task", "seed"))  # model= is part of the protocol here
     rest = [o for o in rest if o.split("=", 1)[0].lstrip("+") not in TABLE_ONLY_KEYS]  # not part of any run
     experiment = next(a.split("=", 1)[1] for a in rest if a.split("=", 1)[0] == "experiment")
-    with Composer() as compose:
-        root = compose(rest, hydra=True)
-        name = root.get("experiment_name") or experiment
-        paper = load_paper(str(root.get("paper_table") or name))
-        params = root.hydra.sweeper.get("params") or {}
-        tasks = sweep_values("task", params["task"]) if "task" in params else list(paper["tasks"])
-        seeds = [int(s) for s in sweep_values("seed", params["seed"])] if "seed" in params else [int(root.seed)]
-        order = list(paper["tasks"])
-        tasks = sorted(tasks, key=lambda t: order.index(t) if t in order else len(order))
-        if "task" in filters:
-            tasks = [t for t in tasks if t in filters["task"]]
-        if "seed" in filters:
-            seeds = [s for s in seeds if str(s) in filters["seed"]]
-        variant = root.get("table_variant")
-        rows = [{**r, "overrides": merge_overrides([*r["overrides"], *((r.get("variants") or {}).get(variant) or [])])}
-                for r in paper["rows"]] if variant else list(paper["rows"])
-        if "method" in filters:  # filter by row label or by method name
-            rows = [r for r in rows if r["label"] in filters["method"]
-                    or any(o in (f"method={m}" for m in filters["method"]) for o in r["overrides"])]
-        expected: dict[str, dict] = {}   # hash -> cell
-        by_cell: dict[tuple, dict] = {}
-        for row in rows:
-            for task in tasks:
-                overrides = [*rest, *row["overrides"], f"task={task}"]
-                cfg = compose(overrides)
-                for seed in seeds:
-                    cfg.seed = seed
-                    config, chash = run_config(cfg)
-                    cell = {"row": row["label"], "task": task, "seed": seed, "hash": chash, "config": config,
-                            "overrides": [*row["overrides"], f"task={task}", f"seed={seed}"]}
-                    expected[chash] = cell
-                    by_cell[(row["label"], task, seed)] = cell
+    root = compose(rest, hydra=True)
+    name = root.get("experiment_name") or experiment
+    paper = load_paper(str(root.get("paper_table") or name))
+    params = root.hydra.sweeper.get("params") or {}
+    tasks = sweep_values("task", params["task"]) if "task" in params else list(paper["tasks"])
+    seeds = [int(s) for s in sweep_values("seed", params["seed"])] if "seed" in params else [int(root.seed)]
+    order = list(paper["tasks"])
+    tasks = sorted(tasks, key=lambda t: order.index(t) if t in order else len(order))
+    if "task" in filters:
+        tasks = [t for t in tasks if t in filters["task"]]
+    if "seed" in filters:
+        seeds = [s for s in seeds if str(s) in filters["seed"]]
+    variant = root.get("table_variant")
+    rows = [{**r, "overrides": merge_overrides([*r["overrides"], *((r.get("variants") or {}).get(variant) or [])])}
+            for r in paper["rows"]] if variant else list(paper["rows"])
+    if "method" in filters:  # filter by row label or by method name
+        rows = [r for r in rows if r["label"] in filters["method"]
+                or any(o in (f"method={m}" for m in filters["method"]) for o in r["overrides"])]
+    expected: dict[str, dict] = {}   # hash -> cell
+    by_cell: dict[tuple, dict] = {}
+    for row in rows:
+        for task in tasks:
+            overrides = [*rest, *row["overrides"], f"task={task}"]
+            cfg = compose(overrides)
+            for seed in seeds:
+                cfg.seed = seed
+                identity = run_identity(cfg)
+                config, chash = identity.config, identity.hash
+                cell = {"row": row["label"], "task": task, "seed": seed, "hash": chash, "config": config,
+                        "overrides": [*row["overrides"], f"task={task}", f"seed={seed}"]}
+                expected[chash] = cell
+                by_cell[(row["label"], task, seed)] = cell
     sel = Selection(
         mode="experiment",
         runs=pd.DataFrame(),
@@ -237,14 +201,6 @@ def select_experiment(argv: list[str], df: pd.DataFrame) -> Selection:
     return sel
 
 
-def merge_overrides(overrides: list[str]) -> list[str]:
-    """Later overrides of the same key replace earlier ones (in place): one clean command line."""
-    out: dict[str, str] = {}
-    for o in overrides:
-        out[o.split("=", 1)[0].lstrip("+~")] = o
-    return list(out.values())
-
-
 def _brief(rec: pd.Series) -> dict:
     return {k: rec.get(k) for k in ("path", "status", "method", "task", "model", "seed", "config_hash", "error")}
 
@@ -266,7 +222,7 @@ def fill_commands(sel: Selection, experiment: str) -> list[str]:
 
 
 def select_records(argv: list[str], df: pd.DataFrame) -> Selection:
-    filters, _ = _explicit(argv)
+    filters, _ = split_filters(argv)
     runs = df[df["status"] == "ok"].copy() if not df.empty else df
     bad = df[df["status"] != "ok"] if not df.empty else df
     for key, values in filters.items():

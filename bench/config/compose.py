@@ -1,0 +1,25 @@
+"""The one composition of conf/: the root config as `bench run` composes it, for every command and helper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose(overrides: list[str], hydra: bool = False):
+    """The composed root config, as `bench run` composes it, for every command and helper that needs one (no
+    output folders, no logging setup). hydra=True keeps the `hydra` node (the sweeper's params). An override
+    that does not compose raises BenchError (one line at the command line, see bench.cli.main)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bench.errors import BenchError
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise BenchError(f"cannot compose {' '.join(overrides)}: {e}") from e

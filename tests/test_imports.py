@@ -1,0 +1,81 @@
+"""The import graph of bench/: no circle anywhere, counting the imports inside functions too.
+
+A circle closed by a function-local import works until someone moves that import to the top of a module; it also
+means no module of the circle can be understood, tested or moved without the others. grimp (import-linter's graph)
+reads every import statement of a module, at module level or inside functions, so each edge here is one import."""
+
+from __future__ import annotations
+
+import grimp
+
+
+def strongly_connected(graph, modules: set[str]) -> list[list[str]]:
+    """The import circles: Tarjan's strongly connected components of more than one module (or a self-import)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:  # recursion depth <= number of modules (about 100)
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.find_modules_directly_imported_by(v) & modules):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in graph.find_modules_directly_imported_by(v):
+                out.append(sorted(comp))
+
+    for m in sorted(modules):
+        if m not in index:
+            visit(m)
+    return out
+
+
+def test_bench_has_no_import_circle():
+    graph = grimp.build_graph("bench", cache_dir=None)
+    modules = {m for m in graph.modules if m == "bench" or m.startswith("bench.")}
+    circles = strongly_connected(graph, modules)
+    detail = []
+    for comp in circles:
+        for m in comp:
+            for d in sorted(graph.find_modules_directly_imported_by(m) & set(comp)):
+                lines = graph.get_import_details(importer=m, imported=d)
+                detail.append(f"  {m} -> {d} (line {', '.join(str(x['line_number']) for x in lines)})")
+    assert not circles, "import circles in bench/ (break each by moving what both sides need lower):\n" + "\n".join(
+        f"{' <-> '.join(c)}" for c in circles) + "\n" + "\n".join(detail)
+
+
+def test_the_check_finds_a_circle_closed_inside_a_function(tmp_path, monkeypatch):
+    pkg = tmp_path / "circ"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from circ import b\n")
+    (pkg / "b.py").write_text("def f():\n    from circ import a\n    return a\n")
+    (pkg / "c.py").write_text("from circ import a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    graph = grimp.build_graph("circ", cache_dir=None)
+    assert strongly_connected(graph, set(graph.modules)) == [["circ.a", "circ.b"]]
+
+
+def test_one_composition_of_conf():
+    """Only bench.config.compose composes conf/ (and `bench run`'s own Hydra app, which composes the fallback of
+    offline_fallback inside its running Hydra context)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "bench"
+    users = sorted(str(p.relative_to(root.parent)) for p in root.rglob("*.py")
+                   if "initialize_config_dir" in p.read_text() or "hydra_compose(" in p.read_text())
+    assert users == ["bench/cli.py", "bench/config/compose.py"]
