@@ -180,3 +180,72 @@ def json_options(text: Optional[str]) -> dict[str, str]:
     import json
 
     return json.loads(text) if text else {}
+
+
+# ------------------------------------------------------------------------------------------------
+# multiple choice read back out of the LLM-Adapters prompts (log-likelihood scoring, bench/tasks/loglikelihood.py)
+# ------------------------------------------------------------------------------------------------
+_QUESTION_LEAD_RE = re.compile(r"^Please [^:\n]*?(?:question|sentence)\s*:\s*", re.IGNORECASE)
+_MC_OPTION_RE = re.compile(
+    r"(?<![A-Za-z0-9])(Answer|Solution|Option|Ending)(\d+):\s*(.*?)(?=\s*(?:(?:Answer|Solution|Option|Ending)\d+:|"
+    r"Answer format:)|\s*$)", re.DOTALL)
+
+
+def mc_question(instruction: str) -> str:
+    """The question of an LLM-Adapters commonsense prompt: its first paragraph without the 'Please choose ...:' lead.
+
+    'Please choose the correct answer to the question: Which ...?\\n\\nAnswer1: ...' -> 'Which ...?'
+    """
+    head = str(instruction).strip().split("\n\n", 1)[0]
+    return _QUESTION_LEAD_RE.sub("", head, count=1).strip()
+
+
+def mc_options(instruction: str) -> dict[str, str]:
+    """'... \\n\\nAnswer1: gray Answer2: warm\\n\\nAnswer format: ...' -> {'answer1': 'gray', 'answer2': 'warm'}.
+
+    Read after the first paragraph (the question), keyed by the label the instruction's answer format names.
+    """
+    parts = str(instruction).strip().split("\n\n", 1)
+    body = parts[1] if len(parts) > 1 else ""
+    return {f"{m.group(1).lower()}{m.group(2)}": m.group(3).strip() for m in _MC_OPTION_RE.finditer(body)}
+
+
+def pick(keys, mapping: dict, prefix: str = "") -> list[str]:
+    """[prefix + mapping[key] for each key]; a key the mapping lacks fails with a message naming it."""
+    lowered = {str(k).lower(): v for k, v in dict(mapping or {}).items()}
+    out = []
+    for key in list(keys or []):
+        if str(key).lower() not in lowered:
+            raise ValueError(f"no text for choice {key!r} (known: {sorted(lowered)})")
+        out.append(f"{prefix}{lowered[str(key).lower()]}")
+    return out
+
+
+def blank_contexts(sentence: str, fillers) -> list[str]:
+    """WinoGrande's partial scoring: the sentence up to its '_' blank, completed by each filler in turn."""
+    if "_" not in sentence:
+        raise ValueError(f"no '_' blank in the sentence {sentence[:80]!r}")
+    head = sentence[: sentence.index("_")]
+    return [head + str(f) for f in fillers]
+
+
+def after_blank(sentence: str) -> str:
+    """The rest of a WinoGrande sentence after its '_' blank, with one leading space: what every filler continues to."""
+    if "_" not in sentence:
+        raise ValueError(f"no '_' blank in the sentence {sentence[:80]!r}")
+    return " " + sentence[sentence.index("_") + 1 :].strip()
+
+
+def lettered_options(question: str, letters: str = "ABCDE") -> dict[str, str]:
+    """'Answer Choices: (A) D/ (M-3) (B) MD/3 ...' -> {'A': 'D/ (M-3)', 'B': 'MD/3', ...}: cut at each next marker
+    in letter order, so an option may hold parentheses (aqua_options stops at them: ten AQuA test rows)."""
+    part = str(question).split("Answer Choices:", 1)[-1]
+    found, pos = [], 0
+    for letter in letters:
+        at = part.find(f"({letter})", pos)
+        if at < 0:
+            break
+        found.append((letter, at))
+        pos = at + 3
+    return {letter: " ".join(part[at + 3 : (found[k + 1][1] if k + 1 < len(found) else len(part))].split())
+            for k, (letter, at) in enumerate(found)}

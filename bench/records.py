@@ -28,7 +28,13 @@ COMPILE_TRAIN_KEYS = ("compile", "compile_backend", "compile_mode")
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "task.group_by_length": False,  # GLUE tasks gained it on 2026-12-07 (length-grouped batches)
     "study.task_cfg": {},  # per-task study settings, 2026-12-07
+    "task.eval_mode": "generate",  # reasoning tasks: generate (as before) | loglikelihood (multiple choice), issue 25
+    "train.forgetting": False,  # the before / after loss on generic text (bench/forgetting.py), issue 25
 }
+# Blocks that act only in one mode, as "section.key": ("switch key in that section", the value that turns them on):
+# under any other switch value they are left out of the hash (the task's log-likelihood templates change nothing
+# a generating run computes).
+MODE_ONLY_KEYS: dict[str, tuple[str, Any]] = {"task.loglikelihood": ("eval_mode", "loglikelihood")}
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "hydra-core", "numpy", "scikit-learn", "scipy")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +46,11 @@ def semantic_config(cfg: dict) -> dict:
         if not train.get("compile"):
             train = {k: v for k, v in train.items() if k not in COMPILE_TRAIN_KEYS}
         out["train"] = train
+    for dotted, (switch, on) in MODE_ONLY_KEYS.items():
+        section, key = dotted.split(".", 1)
+        node = out.get(section)
+        if isinstance(node, dict) and key in node and node.get(switch) != on:
+            out[section] = {k: v for k, v in node.items() if k != key}
     for dotted, neutral in HASH_NEUTRAL_DEFAULTS.items():
         section, key = dotted.split(".", 1)
         node = out.get(section)

@@ -47,8 +47,8 @@ def validate_config(cfg: DictConfig) -> None:
             problems.append(f"train.{key} must be a positive integer (got {t[key]}); e.g. train.{key}=16")
     if t.max_steps is None and not (t.epochs is not None and float(t.epochs) > 0):
         problems.append(f"train.epochs must be > 0 when train.max_steps is null (got {t.epochs})")
-    if t.max_steps is not None and int(t.max_steps) < 1:
-        problems.append(f"train.max_steps must be >= 1 or null (got {t.max_steps})")
+    if t.max_steps is not None and int(t.max_steps) < 0:
+        problems.append(f"train.max_steps must be >= 0 or null (got {t.max_steps}; 0 evaluates without training)")
     if float(t.weight_decay) < 0:
         problems.append(f"train.weight_decay must be >= 0 (got {t.weight_decay})")
     if float(t.warmup_steps) < 0 or not 0 <= float(t.warmup_ratio) < 1:

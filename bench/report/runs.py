@@ -87,6 +87,7 @@ def view(rec: dict, source: str, run_id: str, row: str, task: str, metric: Optio
         "trainable": _num((rec.get("params") or {}).get("trainable")),
         "step_ms": None if step is None else step * 1000,
         "peak_mb": _num((rec.get("memory") or {}).get("peak_rss_mb")),
+        "forgetting": _num((rec.get("forgetting") or {}).get("increase")),  # train.forgetting: nats per token
         "lr": _num(study.get("lr")) if study else _num(((rec.get("config") or {}).get("train") or {}).get("lr")),
         "steps": tr.get("steps"), "final_loss": _num(tr.get("final_loss")), "wall_s": _num(rec.get("wall_s")),
         "loss_curve": thin(tr.get("loss_curve")),

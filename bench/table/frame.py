@@ -79,6 +79,7 @@ def record_row(source: str, rec: dict) -> dict:
         "samples_per_s": train.get("samples_per_s"),
         "optimizer_state_bytes": train.get("optimizer_state_bytes"),
         "peak_rss_mb": (rec.get("memory") or {}).get("peak_rss_mb"),
+        "forgetting": (rec.get("forgetting") or {}).get("increase"),  # train.forgetting: generic-text loss rise
         "wall_s": rec.get("wall_s"),
         "finished_at": rec.get("finished_at"),
         "git": (rec.get("git") or {}).get("commit"),

@@ -24,9 +24,28 @@ def _signed(x: float) -> str:
     return "-" if x is None or pd.isna(x) else f"{x:+.2f}"
 
 
+FORGETTING_COLUMN = "Forgetting (Δ loss)"
+
+
+def has_forgetting(runs: pd.DataFrame) -> bool:
+    """Some run of the table measured forgetting (train.forgetting=true): the table gets its cost column."""
+    return "forgetting" in runs.columns and bool(runs["forgetting"].notna().any())
+
+
+def forgetting_text(runs: pd.DataFrame) -> str:
+    """Mean rise of the generic-text loss (nats per token) over a row's runs that measured it, and how many did."""
+    vals = pd.to_numeric(runs["forgetting"], errors="coerce").dropna() if "forgetting" in runs.columns else []
+    if len(vals) == 0:
+        return "-"
+    return f"{vals.mean():+.3f} (n={len(vals)})"
+
+
 def display_table(sel: Selection, stats: pd.DataFrame) -> pd.DataFrame:
     """Rows (ours, then the paper's and the delta where the paper reports the row), columns tasks + Avg + params."""
     cols = [sel.task_labels.get(t, t) for t in sel.tasks] + ["Avg", "Trainable (method + head)", "Seeds"]
+    forgetting = has_forgetting(sel.runs)
+    if forgetting:  # a cost column: the rise of the generic-text loss after training (train.forgetting=true)
+        cols.append(FORGETTING_COLUMN)
     out = []
     nexp = len(sel.seeds) if sel.mode == "experiment" else None
     for label in sel.rows:
@@ -38,6 +57,8 @@ def display_table(sel: Selection, stats: pd.DataFrame) -> pd.DataFrame:
         ours["Trainable (method + head)"] = (
             f"{count_range(runs['trainable_method'])} + {count_range(runs['trainable_head'])}" if len(runs) else "-")
         ours["Seeds"] = ",".join(str(int(s)) for s in sorted(runs["seed"].unique())) if len(runs) else "-"
+        if forgetting:
+            ours[FORGETTING_COLUMN] = forgetting_text(runs)
         out.append({"Method": label, **ours})
         spec = sel.row_specs.get(label, {})
         reported = spec.get("reported") or {}
@@ -47,6 +68,8 @@ def display_table(sel: Selection, stats: pd.DataFrame) -> pd.DataFrame:
             paper_line["Avg"] = f"{reported['avg']:.2f}" if reported.get("avg") is not None else "-"
             paper_line["Trainable (method + head)"] = str(spec.get("params") or "-")
             paper_line["Seeds"] = str(spec.get("paper_seeds") or (sel.paper or {}).get("paper_seeds") or "-")
+            if forgetting:
+                paper_line[FORGETTING_COLUMN] = "-"
             if sel.meta.get("variant"):  # another scale: the paper's numbers for orientation, no delta
                 out.append({"Method": "↳ paper (full scale)", **paper_line})
                 continue
@@ -55,6 +78,8 @@ def display_table(sel: Selection, stats: pd.DataFrame) -> pd.DataFrame:
             delta["Avg"] = _signed(st.loc["avg", "delta"])
             delta["Trainable (method + head)"] = ""
             delta["Seeds"] = ""
+            if forgetting:
+                delta[FORGETTING_COLUMN] = ""
             out.append({"Method": "↳ Δ (ours − paper)", **delta})
     return pd.DataFrame(out, columns=["Method", *cols])
 

@@ -9,7 +9,9 @@ Training: supervised fine-tuning on prompt + answer, the loss on the answer toke
 padding carry label -100), the prompt rendered with the model's chat template when it has one
 (else the Alpaca prompt that LLM-Adapters uses), length-grouped batches so that padding stays small.
 
-Evaluation: batched greedy generation with the KV cache and LEFT padding (bench/tasks/generate.py),
+Evaluation (``task.eval_mode``): ``generate`` (the default) or ``loglikelihood`` (multiple choice: each choice's
+continuation scored by its log-probability, ``acc`` / ``acc_norm``, bench/tasks/loglikelihood.py). Generation:
+batched greedy generation with the KV cache and LEFT padding (bench/tasks/generate.py),
 stopping at EOS or ``task.max_new_tokens``; every filter of the task is scored (``accuracy_<filter>``,
 the main filter's also as ``accuracy``) and every prediction is written to ``predictions.jsonl`` next to
 the run's record.
@@ -97,6 +99,10 @@ class ReasoningFamily(TaskFamily):
         self.templates = task_templates(t)
         self.train_templates = train_templates(t)
         self.filters = FilterSet(t)
+        from bench.tasks import loglikelihood as LL
+
+        if LL.eval_mode(t) == "loglikelihood":
+            self.ll_spec = LL.LoglikelihoodSpec(t)
         if t.main_metric not in self._metric_names():
             raise BenchError(f"task {t.name}: main_metric {t.main_metric!r} is not one of {self._metric_names()}")
         for key in ("max_new_tokens", "max_length"):
@@ -108,7 +114,12 @@ class ReasoningFamily(TaskFamily):
             raise BenchError(f"model.source must be gguf | hub | package | tiny (got {self.cfg.model.source!r})")
 
     def _metric_names(self) -> list[str]:
-        names = [*FilterSet(self.task).metric_names(), "truncated_rate", "mean_new_tokens"]
+        from bench.tasks.loglikelihood import eval_mode
+
+        if eval_mode(self.task) == "loglikelihood":
+            names = ["accuracy", "acc", "acc_norm"]
+        else:
+            names = [*FilterSet(self.task).metric_names(), "truncated_rate", "mean_new_tokens"]
         return [n if a == "default" else f"{n}_{a}" for a in self.task.eval_splits for n in names]
 
     # --- data ---------------------------------------------------------------------------------
@@ -215,7 +226,12 @@ class ReasoningFamily(TaskFamily):
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, model, data: TaskData, tokenizer, out_dir: Path | None = None) -> dict:
+        from bench.tasks import loglikelihood
         from bench.tasks.generate import generate_texts
+
+        if loglikelihood.eval_mode(self.task) == "loglikelihood":  # task.eval_mode: each choice scored, no generation
+            return loglikelihood.evaluate(self, model, data, tokenizer, out_dir)
+        data.info["eval_mode"] = "generate"
 
         filters = getattr(self, "filters", None) or FilterSet(self.task)
         max_new = int(self.task.max_new_tokens)

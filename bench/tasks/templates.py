@@ -56,6 +56,12 @@ FILTERS = {
     "labels_from_instruction": A.labels_from_instruction,
     "aqua_options": A.aqua_options,
     "alternation": alternation,
+    "mc_question": A.mc_question,  # log-likelihood scoring (bench/tasks/loglikelihood.py)
+    "mc_options": A.mc_options,
+    "pick": A.pick,
+    "blank_contexts": A.blank_contexts,
+    "after_blank": A.after_blank,
+    "lettered_options": A.lettered_options,
 }
 
 
