@@ -264,6 +264,10 @@ def assemble(cfg: Any, train, evals: dict, info: dict, stratify_field: Optional[
     info["max_train_samples"] = dcfg.get("max_train_samples")
     info["max_eval_samples"] = dcfg.get("max_eval_samples")
     info["subsample_seed"] = seed
+    from bench.provenance import source_fingerprints
+
+    # what each source held: sha256 of its parquet (cached by path, size, mtime), the hub revision, None if generated
+    info["fingerprints"] = source_fingerprints(info.get("sources") or {}, default_cache_dir(cfg.get("cache_dir")))
     return TaskData(train=train, evals=evals, info=info)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import time
 import traceback
 from contextlib import contextmanager
@@ -66,8 +67,10 @@ def resolve_method(cfg: DictConfig):
 def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = False) -> dict:
     """Train and evaluate one configuration; returns the written record."""
     run_start = time.perf_counter()
-    from bench import study
+    from bench import hardware, study
 
+    device = hardware.train_device()
+    precision = hardware.apply_precision(cfg, device)  # train.precision=auto -> bf16 | fp32, before hashing
     try:
         lr_choice = study.resolve(cfg)  # train.lr from the study's grid (before hashing: the record says which)
     except study.NotChosen as e:
@@ -100,6 +103,10 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
             e.record_path = str(path)  # type: ignore[attr-defined]  (the sweep's summary names it)
         raise
 
+    warning = hardware.bf16_warning(str(cfg.train.precision), device)
+    if warning:  # the user asked for bf16: say what it costs on this CPU, then train as asked
+        print(warning, file=sys.stderr)
+
     from contextlib import ExitStack
 
     from bench import claims
@@ -118,12 +125,14 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
                 return {**(records.read_record(path) or {}), "skipped": "already done"}
         else:
             stale = None
-        record = _claimed_run(cfg, method, family, overrides, sweep, config, chash, path, lr_choice, run_start, stale)
+        record = _claimed_run(cfg, method, family, overrides, sweep, config, chash, path, lr_choice, run_start, stale,
+                              precision)
     _print_summary(record)
     return record
 
 
-def _claimed_run(cfg, method, family, overrides, sweep, config, chash, path, lr_choice, run_start, stale) -> dict:
+def _claimed_run(cfg, method, family, overrides, sweep, config, chash, path, lr_choice, run_start, stale,
+                 precision=None) -> dict:
     record: dict[str, Any] = {
         "schema": 1,
         "status": "running",
@@ -139,6 +148,8 @@ def _claimed_run(cfg, method, family, overrides, sweep, config, chash, path, lr_
         "versions": records.package_versions(),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if precision is not None:
+        record["precision"] = precision  # requested (auto or explicit), resolved (what trained and was hashed), why
     if lr_choice is not None:
         record["study"] = lr_choice
     if stale:

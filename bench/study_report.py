@@ -15,6 +15,7 @@ from typing import Optional
 
 import pandas as pd
 
+from bench.provenance import hardware_text
 from bench.study_table import Study, ranks, reported_runs, vs
 from bench.table.protocol import REPO_ROOT
 from bench.table.render import to_markdown
@@ -102,6 +103,7 @@ def main_table(st: Study) -> pd.DataFrame:
         line["step ms"] = f"{float(step.median()) * 1000:.0f}" if len(step) else "-"
         line["optimizer state MB"] = f"{float(opt.median()) / 2**20:.1f}" if len(opt) else "-"
         line["process peak RSS MB"] = f"{float(mem.max()):.0f}" if len(mem) else "-"
+        line["hardware"] = hardware_text(runs["record"]) if len(runs) else "-"  # what step ms / RSS were measured on
         lines.append(line)
     base = {"method": "majority class", "trainable": "0"}
     for t in st.tasks:
@@ -211,6 +213,7 @@ def markdown(st: Study, command: str) -> str:
         "",
         to_markdown(main_table(st)),
         "",
+        *provenance_lines(st),
         "## Learning rate chosen on dev",
         "",
         f"Mean dev score (x100, seeds {st.tune_seeds}) of every grid entry; * = chosen.",
@@ -259,6 +262,19 @@ def markdown(st: Study, command: str) -> str:
         lines.append(f"Fill the gaps: `python -m bench run -m experiment={st.name}` (resumes by config hash).")
         lines.append("")
     return "\n".join(lines)
+
+
+def provenance_lines(st: Study) -> list[str]:
+    """Under the main table: one warning per cell whose records read different data, a note when its step times
+    come from different hardware, and the data fingerprints the study's records read."""
+    from bench.provenance import fingerprint_lines, mixed_data_lines, mixed_hardware_note
+
+    recs = list(st.runs["record"]) if len(st.runs) and "record" in st.runs else []
+    warn = mixed_data_lines((r.get("method"), r.get("task"), r) for r in recs if isinstance(r, dict))
+    note = mixed_hardware_note(recs, "step ms and process peak RSS")
+    out = [*(f"**{w}**" for w in warn), *([note] if note else [])]
+    return [*out, *([""] if out else []), "**Data read** (fingerprint of each source, records):", "",
+            *fingerprint_lines(recs), ""]
 
 
 def gaps(st: Study) -> list[dict]:

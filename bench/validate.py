@@ -59,8 +59,9 @@ def validate_config(cfg: DictConfig) -> None:
         problems.append(f"train.selection must be last | best (got {t.selection!r})")
     if t.selection == "best" and t.eval_strategy != "epoch":
         problems.append("train.selection=best needs train.eval_strategy=epoch (there is nothing to choose from)")
-    if t.precision not in ("fp32", "bf16", "fp16"):
-        problems.append(f"train.precision must be fp32 | bf16 | fp16 (got {t.precision!r})")
+    if t.precision not in ("fp32", "bf16", "fp16", "auto"):
+        problems.append(f"train.precision must be fp32 | bf16 | fp16 | auto (got {t.precision!r}); "
+                        "e.g. train.precision=auto (bf16 where the device has bf16 units, else fp32)")
     if t.get("save_every") is not None:
         every, log = int(t.save_every), int(t.logging_steps)
         if every < 1:

@@ -155,8 +155,9 @@ def print_help() -> None:
 
 
 def main(argv: list[str]) -> dict:
-    from bench import records
+    from bench import hardware, records
     from bench.errors import BenchError
+    from bench.perf.session import pick_device
 
     if any(a in ("-h", "--help", "help") for a in argv):
         print_help()
@@ -173,18 +174,28 @@ def main(argv: list[str]) -> dict:
             methods = [FLOOR, *methods]
         configs = method_configs(methods, method_ov, rest, p)
         first = next(iter(configs.values()))
-        if first["train"]["precision"] not in ("fp32", "bf16", "fp16"):
-            raise BenchError(f"train.precision must be fp32 | bf16 | fp16 (got {first['train']['precision']!r})")
+        requested = first["train"]["precision"]
+        if requested not in hardware.PRECISIONS:
+            raise BenchError(f"train.precision must be {' | '.join(hardware.PRECISIONS)} (got {requested!r}); "
+                             "e.g. train.precision=auto")
+        device = pick_device(str(p.get("device", "auto"))).type
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    precision, why = hardware.resolve_precision(requested, device)  # auto: what this device computes fast
+    for c in configs.values():
+        c["train"]["precision"] = precision
 
     t0 = time.perf_counter()
     compiled = bool(first["train"].get("compile", False))
+    print(f"[perf] hardware: {hardware.capability_line(device)}")
     print(f"[perf] model={first['model']['name']} task={first['task']['name']} batch {p.batch_size} x {p.seq_len}, "
           f"{p.warmup} warm-up + {p.steps} timed steps in {n_rounds(p)} rounds, precision "
-          f"{first['train']['precision']}, gradient checkpointing {first['train']['gradient_checkpointing']}, "
-          f"torch.compile {compiled}")
+          f"{precision}{f' ({why})' if requested == 'auto' else ''}, gradient checkpointing "
+          f"{first['train']['gradient_checkpointing']}, torch.compile {compiled}")
+    warning = hardware.bf16_warning(precision, device)
+    if warning:
+        print(warning.replace("[bench]", "[perf]", 1))
     raw = run_benchmark(configs, p)
     summary = summarize(raw, p)
     record = {
@@ -197,7 +208,8 @@ def main(argv: list[str]) -> dict:
         "batch_size": int(p.batch_size),
         "seq_len": int(p.seq_len),
         "eval_batch_size": int(p.eval_batch_size or first["train"]["eval_batch_size"]),
-        "precision": first["train"]["precision"],
+        "precision": precision,
+        "precision_requested": requested,
         "gradient_checkpointing": bool(first["train"]["gradient_checkpointing"]),
         "compile": compiled,
         "command": "python -m bench perf " + " ".join(shlex.quote(a) for a in argv),

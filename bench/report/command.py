@@ -84,6 +84,7 @@ def build(argv: list[str]) -> tuple[Path, object]:
     if opts.get("perf_dir") and not Path(perf_dir).is_dir():
         raise BenchError(f"perf_dir={perf_dir} is not a folder; give the folder `bench perf` wrote its records to")
     gather.add_sources(report, recs, sources.perf_records(perf_dir))
+    gather.add_provenance(report)
     given = [*argv, *(f"{k}={v}" for k, v in opts.items())]
     command = "python -m bench report " + " ".join(shlex.quote(a) for a in given)
     html = render.render(report, figures.build(report), command)

@@ -270,6 +270,19 @@ def _perf_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     return [str(c) for c in df.columns], df.astype(str).values.tolist()
 
 
+def add_provenance(rep: Report) -> None:
+    """Problems at the top of the page: a cell whose runs read different data; notes: step times and memory from
+    different hardware (each run's row names its hardware)."""
+    from bench.provenance import mixed_data_lines, mixed_hardware_note
+
+    rep.problems += mixed_data_lines((c["row"], c["task"], rep.runs[r].get("data")) for c in rep.cells
+                                     for r in c["runs"] if r in rep.runs)
+    note = mixed_hardware_note([v.get("hardware") for v in rep.runs.values() if v.get("hardware")],
+                               "step times and peak memory (figures and runs)")
+    if note:
+        rep.notes.append(note)
+
+
 def add_sources(rep: Report, recs: Records, perf: list[dict]) -> None:
     """The files that could not be read, and the cost table of every `bench perf` record."""
     rep.unreadable = list(recs.unreadable)
@@ -277,11 +290,13 @@ def add_sources(rep: Report, recs: Records, perf: list[dict]) -> None:
         rep.problems.append(f"{len(rep.unreadable)} record file(s) could not be read and are left out "
                             "(listed under Failed and missing).")
     for p in perf:
+        from bench.provenance import hardware_label
+
         header, rows = _perf_table(p["results"])
         dev = p.get("device") or {}
         rep.perf.append({
             "title": f"{p.get('model')} / {p.get('task')}: batch {p.get('batch_size')} x {p.get('seq_len')}, "
                      f"{p.get('precision')}, gradient checkpointing {p.get('gradient_checkpointing')}",
             "model": p.get("model"), "command": p.get("command"), "created_at": p.get("created_at"),
-            "device": dev.get("gpu") or f"CPU ({dev.get('cpu_count')} cores, {dev.get('torch_threads')} threads)",
+            "device": hardware_label(dev),
             "source": p["_source"], "columns": header, "rows": rows})

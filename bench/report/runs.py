@@ -7,6 +7,8 @@ import math
 import shlex
 from typing import Any, Optional
 
+from bench.provenance import data_fingerprint, hardware_label
+
 SCALE = 100.0
 MAX_CURVE_POINTS = 300   # longer loss curves are thinned (every k-th point, the last kept): the page stays small
 TRAIN_KEYS = ("lr", "batch_size", "grad_accum", "epochs", "max_steps", "scheduler", "warmup_ratio", "weight_decay",
@@ -87,6 +89,8 @@ def view(rec: dict, source: str, run_id: str, row: str, task: str, metric: Optio
         "trainable": _num((rec.get("params") or {}).get("trainable")),
         "step_ms": None if step is None else step * 1000,
         "peak_mb": _num((rec.get("memory") or {}).get("peak_rss_mb")),
+        "hardware": hardware_label(rec.get("device")),  # what step_ms / peak_mb were measured on
+        "data": data_fingerprint(rec),  # what the run read (bench.provenance)
         "forgetting": _num((rec.get("forgetting") or {}).get("increase")),  # train.forgetting: nats per token
         "lr": _num(study.get("lr")) if study else _num(((rec.get("config") or {}).get("train") or {}).get("lr")),
         "steps": tr.get("steps"), "final_loss": _num(tr.get("final_loss")), "wall_s": _num(rec.get("wall_s")),

@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
     stats = cell_stats(sel)
     table = display_table(sel, stats)
     head = header_lines(sel)
-    gaps = gap_lines(sel)
+    gaps = [*provenance_lines(sel.runs), *gap_lines(sel)]
     md = to_markdown(table)
     (out_dir / f"{stem}.md").write_text("\n\n".join(["\n".join(head), md, "\n".join(gaps)]).rstrip() + "\n")
     (out_dir / f"{stem}.tex").write_text(to_latex(table, caption=" ".join(head[:2])) + "\n")
@@ -96,6 +96,18 @@ def main(argv: list[str]) -> None:
         print()
         print("\n".join(gaps))
     print(f"\nwrote {out_dir}/{stem}.md, {stem}.tex, {stem}.csv, runs.csv ({len(df)} records read)")
+
+
+def provenance_lines(runs) -> list[str]:
+    """A warning per cell whose records read different data; a note when runs.csv's step times and memory come
+    from different hardware (its hardware column says which)."""
+    from bench.provenance import mixed_data_lines, mixed_hardware_note
+
+    if runs.empty or "record" not in runs:
+        return []
+    lines = mixed_data_lines(zip(runs["row"], runs["task"], runs["record"]))
+    note = mixed_hardware_note(runs["record"], "step times and memory of runs.csv")
+    return [*lines, *([note] if note else [])]
 
 
 def _study_main(argv: list[str], cfg) -> None:

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Optional
 import pandas as pd
 
 from bench import records
+from bench.provenance import data_fingerprint, hardware_label
 from bench.errors import BenchError
 
 SCALE = 100.0  # the papers print scores x 100
@@ -79,6 +80,8 @@ def record_row(source: str, rec: dict) -> dict:
         "samples_per_s": train.get("samples_per_s"),
         "optimizer_state_bytes": train.get("optimizer_state_bytes"),
         "peak_rss_mb": (rec.get("memory") or {}).get("peak_rss_mb"),
+        "hardware": hardware_label(rec.get("device")),  # what step_time_s / peak_rss_mb were measured on
+        "data_fingerprint": data_fingerprint(rec),  # equal exactly when the record read the same data
         "forgetting": (rec.get("forgetting") or {}).get("increase"),  # train.forgetting: generic-text loss rise
         "wall_s": rec.get("wall_s"),
         "finished_at": rec.get("finished_at"),
