@@ -117,3 +117,15 @@ def test_bench_perf_shows_the_capability_and_resolves_auto(tmp_path, monkeypatch
     assert rec["precision"] == "fp32" and rec["precision_requested"] == "auto"
     assert rec["device"]["cpu_model"] == "AMD EPYC 7B12" and rec["device"]["cpu_flags"] == ["avx2"]
     assert rec["results"]["lora"]["status"] == "ok"
+
+
+def test_tables_identify_an_auto_config_by_its_resolved_hash(monkeypatch):
+    from bench.config.compose import compose
+    from bench.config.identity import run_identity
+
+    monkeypatch.setattr(hardware, "train_device", lambda: "cpu")
+    for cpuinfo, resolved in ((AVX512_BF16, "bf16"), (AVX2_ONLY, "fp32")):
+        host(monkeypatch, cpuinfo)
+        auto = run_identity(compose(["train.precision=auto"]))
+        assert auto.config["train"]["precision"] == resolved
+        assert auto.hash == run_identity(compose([f"train.precision={resolved}"])).hash

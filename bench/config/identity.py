@@ -34,8 +34,11 @@ def run_identity(cfg, results_dir: Optional[str | Path] = None) -> RunIdentity:
     cfg.results_dir). ``cfg`` gets the study's per-method settings in place."""
     from omegaconf import OmegaConf
 
+    from bench.hardware import apply_precision
     from bench.study import apply_method_cfg, grid_config
 
+    if cfg.get("train") is not None and cfg.train.get("precision") == "auto":
+        apply_precision(cfg)  # train.precision=auto resolved for this machine, as a run here resolves it
     apply_method_cfg(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
