@@ -28,6 +28,7 @@ COMPILE_TRAIN_KEYS = ("compile", "compile_backend", "compile_mode")
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "task.group_by_length": False,  # GLUE tasks gained it on 2026-12-07 (length-grouped batches)
     "study.task_cfg": {},  # per-task study settings, 2026-12-07
+    "study.max_extensions": 0,  # lr grid extension, 2026-12-07
     "task.eval_mode": "generate",  # reasoning tasks: generate (as before) | loglikelihood (multiple choice), issue 25
     "train.forgetting": False,  # the before / after loss on generic text (bench/forgetting.py), issue 25
 }

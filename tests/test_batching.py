@@ -31,7 +31,10 @@ def test_batches_are_grouped_by_length():
     lengths = _lengths(1600)
     s = SeededLengthGroupedSampler(lengths, batch_size=32, seed=1)
     order = list(s)
-    pad = lambda idx: sum(max(lengths[i] for i in b) * len(b) for b in (idx[k:k + 32] for k in range(0, len(idx), 32)))
+
+    def pad(idx):
+        return sum(max(lengths[i] for i in b) * len(b) for b in (idx[k:k + 32] for k in range(0, len(idx), 32)))
+
     shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(1)).tolist()
     assert pad(order) < 0.75 * pad(shuffled)  # far less padding than plain shuffling
 
@@ -48,7 +51,7 @@ def test_order_depends_on_seed_and_epoch_only():
 
 
 def _trainer(tmp_path, model_seed, group):
-    from transformers import BertConfig, BertForSequenceClassification, DataCollatorWithPadding, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
 
     from bench.training import make_trainer
     from conftest import compose_cfg

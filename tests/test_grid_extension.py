@@ -1,0 +1,127 @@
+"""Grid extension (study.max_extensions): an lr chosen on dev at an edge of its grid moves the grid one step that way,
+up to the same maximum for every method (bench.study.walk), in the sweep and in the tables alike."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import compose_cfg
+
+from bench import records, study
+from bench.errors import BenchError
+
+STUDY = "experiment=glue_study_cpu"
+
+
+def test_lr_at_continues_the_grids_own_spacing():
+    grid = [1e-4, 3e-4, 1e-3, 3e-3]  # a 1-3-10 grid continues 3e-5, 1e-5 below and 1e-2, 3e-2 above
+    assert [study.lr_at(grid, i) for i in range(4)] == grid
+    assert [study.lr_at(grid, i) for i in (-1, -2, 4, 5)] == [3e-5, 1e-5, 1e-2, 3e-2]
+    assert [study.lr_at([3e-4, 1e-3, 3e-3], i) for i in (-1, 3)] == [1e-4, 1e-2]
+    geometric = [1e-4, 2e-4, 4e-4]
+    assert [study.lr_at(geometric, i) for i in (-2, -1, 3, 4)] == pytest.approx([2.5e-5, 5e-5, 8e-4, 1.6e-3])
+    assert study.lr_at([1e-3, 1e-2], 3) == pytest.approx(1.0)
+
+
+def test_walk_picks_the_neighbour_on_the_chosen_side():
+    base = {0: 0.5, 1: 0.7, 2: 0.6}
+    assert study.walk(base, 3, 1) == (1, [0, 1, 2], None)             # interior: nothing to extend
+    low = {0: 0.8, 1: 0.7, 2: 0.6}
+    assert study.walk(low, 3, 1) == (None, [0, 1, 2], -1)             # at the low edge: needs index -1
+    assert study.walk({**low, -1: 0.75}, 3, 1) == (0, [-1, 0, 1, 2], None)
+    assert study.walk({**low, -1: 0.9}, 3, 1) == (-1, [-1, 0, 1, 2], None)  # the maximum reached: stop there
+    assert study.walk({**low, -1: 0.9}, 3, 2) == (None, [-1, 0, 1, 2], -2)
+    high = {0: 0.5, 1: 0.6, 2: 0.7}
+    assert study.walk(high, 3, 1) == (None, [0, 1, 2], 3)
+    assert study.walk({**high, 3: 0.65}, 3, 1) == (2, [0, 1, 2, 3], None)
+    assert study.walk(low, 3, 0) == (0, [0, 1, 2], None)              # no extension declared: as before
+    assert study.walk({0: 0.5, 2: 0.7}, 3, 1) == (None, [0, 1, 2], None)  # a base entry without a score
+    assert study.walk({0: 0.7, 1: 0.7, 2: 0.1}, 3, 1)[2] == -1          # ties: the lower index (as choose_index)
+    assert study.at_unextendable_edge(-1, [-1, 0, 1, 2], 3, 1)
+    assert not study.at_unextendable_edge(0, [-1, 0, 1, 2], 3, 1)
+
+
+def test_walk_never_extends_more_than_the_maximum_whatever_the_scores():
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for n, ext in itertools.product((3, 4, 5), (0, 1, 2)):
+        for _ in range(200):
+            scores = {i: rng.random() for i in range(-ext, n + ext)}
+            chosen, entries, needed = study.walk(scores, n, ext)
+            assert needed is None and chosen in entries
+            assert len(entries) <= n + ext and all(-ext <= i < n + ext for i in entries)
+            assert entries == sorted(set(entries)) and set(range(n)) <= set(entries)
+            assert chosen == max(entries, key=lambda i: (scores[i], -i))
+            if chosen in (min(entries), max(entries)) and len(entries) > 1:
+                assert study.at_unextendable_edge(chosen, entries, n, ext)
+
+
+def _base(tmp_path, *extra):
+    return [STUDY, "task=rte", "method=lora", f"results_dir={tmp_path}", "study.max_extensions=1", *extra]
+
+
+def _plant_tuning(tmp_path, scores, *extra):
+    """The seed-1 tuning records of lora on rte, written where a run of that config writes its record."""
+    from omegaconf import OmegaConf
+
+    for i, dev in scores.items():
+        cfg = compose_cfg([*_base(tmp_path, *extra), "seed=1", f"study.lr_index={i}"])
+        cfg.study.lr_index = i
+        study.apply_method_cfg(cfg)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config = study.grid_config(config, 1, i)
+        h = records.config_hash(config)
+        records.write_json_atomic(records.record_path(tmp_path, config, h),
+                                  {"status": "ok", "config_hash": h, "selection": {"dev_score": dev}})
+
+
+def test_the_sweep_runs_an_extension_only_at_the_chosen_edge(tmp_path):
+    # lora's grid [3e-4, 1e-3, 3e-3] extends to 1e-4 (index -1) and 1e-2 (index 3)
+    # before the grid's own entries are done, an extension job waits (an error the resumed sweep clears)
+    with pytest.raises(study.TuningIncomplete, match="grid's own entries choose an edge"):
+        study.resolve(compose_cfg([*_base(tmp_path), "seed=1", "study.lr_index=3"]))
+    _plant_tuning(tmp_path, {0: 0.6, 1: 0.7, 2: 0.8})  # lora's grid [3e-4, 1e-3, 3e-3]: the top entry wins
+    with pytest.raises(study.NotChosen, match="not needed"):
+        study.resolve(compose_cfg([*_base(tmp_path), "seed=1", "study.lr_index=-1"]))
+    cfg = compose_cfg([*_base(tmp_path), "seed=1", "study.lr_index=3"])
+    how = study.resolve(cfg)
+    assert how["extension"] and how["stage"] == "tune"
+    assert cfg.train.lr == 1e-2 and cfg.study.lr_index == 3
+    # a reporting seed waits for the extension, then runs at the entry chosen over all four
+    with pytest.raises(study.TuningIncomplete, match="extended to lr 0.01 "):
+        study.resolve(compose_cfg([*_base(tmp_path), "seed=2", "study.lr_index=tuned"]))
+    _plant_tuning(tmp_path, {3: 0.85})
+    cfg = compose_cfg([*_base(tmp_path), "seed=2", "study.lr_index=tuned"])
+    how = study.resolve(cfg)
+    assert cfg.study.lr_index == 3 and cfg.train.lr == 1e-2
+    info = how["chosen_on_dev"]
+    assert info["extended"] and info["entries"] == [0, 1, 2, 3]
+    with pytest.raises(study.NotChosen):
+        study.resolve(compose_cfg([*_base(tmp_path), "seed=2", "study.lr_index=2"]))
+
+
+def test_an_extension_that_loses_sends_the_reporting_seeds_back_to_the_edge(tmp_path):
+    _plant_tuning(tmp_path, {0: 0.9, 1: 0.7, 2: 0.6, -1: 0.8})
+    cfg = compose_cfg([*_base(tmp_path), "seed=3", "study.lr_index=tuned"])
+    study.resolve(cfg)
+    assert cfg.study.lr_index == 0 and cfg.train.lr == pytest.approx(3e-4)
+
+
+def test_the_grid_without_extensions_hashes_and_chooses_as_before(tmp_path):
+    """max_extensions=0 (the default) leaves the first study's runs and choices as they were."""
+    cfg = compose_cfg([STUDY, "task=rte", "method=lora", "seed=1", "study.lr_index=2"])
+    assert "max_extensions" in cfg.study and cfg.study.max_extensions == 0
+    with pytest.raises(BenchError, match="study.max_extensions"):  # an extension index without a declared maximum
+        study.resolve(compose_cfg([STUDY, "task=rte", "method=lora", "seed=1", "study.lr_index=3"]))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["study.lr_index=-2"], "study.lr_index=-2 is beyond the grid of lora extended by study.max_extensions=1"),
+    (["study.lr_index=4"], "study.lr_index=4 is beyond the grid of lora extended by study.max_extensions=1"),
+    (["study.lr_grid.lora=[1e-4,3e-4,1e-3,2e-3]", "study.lr_index=0"], "is not increasing and log-spaced"),
+    (["study.max_extensions=-1", "study.lr_index=0"], "study.max_extensions must be a whole number >= 0"),
+])
+def test_bad_extensions_are_one_message(tmp_path, extra, message):
+    with pytest.raises(BenchError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        study.resolve(compose_cfg([*_base(tmp_path), "seed=1", *extra]))
