@@ -76,6 +76,15 @@ class Method:
         """Method-specific facts for the result record (switch step, mask size, ...)."""
         return {}
 
+    def merge(self, model: nn.Module, cfg: Mapping[str, Any]) -> nn.Module:
+        """The trained model as a plain transformers model with the method folded into its weights (no extra
+        latency). Adapter methods merge through peft's ``merge_and_unload``; a method that changes the weights
+        themselves (full, ID3, BitFit, ...) already is one. Raise MethodConfigError("... cannot merge ...") where
+        the method has no weight delta (prompt learning)."""
+        if hasattr(model, "merge_and_unload"):
+            return model.merge_and_unload()
+        return model
+
     def save(self, model: nn.Module, cfg: Mapping[str, Any], path: str) -> None:
         """Write the fine-tuned adapter / delta to ``path`` (a directory)."""
         if hasattr(model, "save_pretrained"):

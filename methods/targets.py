@@ -37,6 +37,8 @@ ROLES: dict[str, dict[str, str]] = {
         "gate": r"mlp\.gate_proj",
         "up": r"mlp\.up_proj",
         "down": r"mlp\.down_proj",
+        "in": r"mlp\.up_proj",  # BERT's roles on Llama: the FFN's input (up) and output (down) projections
+        "out": r"mlp\.down_proj",
     },
 }
 ROLES["deberta"] = ROLES["deberta-v2"]

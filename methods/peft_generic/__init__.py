@@ -192,6 +192,13 @@ class PeftMethod(Method):
                                        for v in (conf.rank_pattern or {}).values()) or None)
         return out
 
+    def merge(self, model, cfg):
+        if _is_prompt_learning(config_class(cfg.get("peft_type"))):
+            raise MethodConfigError(
+                f"{self.name} cannot merge: {str(cfg.get('peft_type')).upper()} adds virtual tokens to every input, "
+                "not a weight delta; keep the PeftModel (or save the adapter) instead")
+        return super().merge(model, cfg)
+
     def save(self, model, cfg, path: str) -> None:
         """peft's save_pretrained; an init that changed the base weights (PiSSA, MiLoRA) is saved converted to a
         plain LoRA of rank 2r over the unchanged base model (peft's path_initial_model_for_weight_conversion)."""
@@ -205,7 +212,8 @@ def _check_family(name: str, config, model: nn.Module, ctx: MethodContext) -> No
     """Refuse, in one line, a peft type the model family cannot take (peft itself fails only at the first forward)."""
     import inspect
 
-    if getattr(config.peft_type, "value", config.peft_type) == "PREFIX_TUNING":
+    # peft checks the signature for the task models other than a causal LM (which gets past_key_values as kwargs)
+    if getattr(config.peft_type, "value", config.peft_type) == "PREFIX_TUNING" and ctx.task_type != "causal_lm":
         backbone = getattr(model, getattr(model, "base_model_prefix", ""), None) or model
         if not any("past_key_values" in inspect.signature(m.forward).parameters for m in (model, backbone)):
             raise MethodConfigError(
