@@ -157,6 +157,7 @@ def print_help() -> None:
 def main(argv: list[str]) -> dict:
     from bench import hardware, records
     from bench.errors import BenchError
+    from bench.config.compose import compose
     from bench.perf.session import pick_device
 
     if any(a in ("-h", "--help", "help") for a in argv):
@@ -174,7 +175,8 @@ def main(argv: list[str]) -> dict:
             methods = [FLOOR, *methods]
         configs = method_configs(methods, method_ov, rest, p)
         first = next(iter(configs.values()))
-        requested = first["train"]["precision"]
+        # as typed (the configs hold it resolved for the training device; perf.device may be another one)
+        requested = str(compose(rest).train.precision)
         if requested not in hardware.PRECISIONS:
             raise BenchError(f"train.precision must be {' | '.join(hardware.PRECISIONS)} (got {requested!r}); "
                              "e.g. train.precision=auto")
