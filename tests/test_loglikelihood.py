@@ -133,7 +133,7 @@ def test_requests_of_arc_and_winogrande_rows():
     assert w["contexts"][1].endswith("but the toaster") and w["continuations"] == [" was too big."] * 2
     b = _spec("boolq").requests(_row("Please answer the following question with true or false, question: is it "
                                      "wet?\n\nAnswer format: true/false", "false", ["true", "false"]))
-    assert b["continuations"] == [" yes", " no"] and b["gold_index"] == 1 and b["contexts"][0].endswith("wet?\nAnswer:")
+    assert b["continuations"] == [" true", " false"] and b["gold_index"] == 1 and b["contexts"][0].endswith("wet?\nAnswer:")
 
 
 @pytest.mark.parametrize("labels,prompt,message", [
