@@ -6,7 +6,7 @@ reference methods (full fine-tuning and LoRA), one seed, each budget a run of th
 1. checks that every task of the pilot has a training split it can read (nothing is trained otherwise);
 2. runs the pilot's missing runs through `bench run -m` (resumable: done configs are skipped by hash;
    `pilot.run=false` only reads what is there);
-3. applies the budget rule (docs/protocol.md#the-pilot): a task's budget is the smallest budget at which every
+3. applies the budget rule (docs/protocol.md#8-the-pilot): a task's budget is the smallest budget at which every
    pilot method's dev score is within `pilot.tolerance` (0.01: one point of accuracy, 0.01 MCC / Pearson) of its
    best pilot dev score. When that budget is the largest one tried, the curve may still be rising: the budget is
    "not settled" and the command that adds the next budget (twice the largest) is printed;

@@ -79,9 +79,23 @@ def check_sweep(argv: list[str]) -> None:
             problems.append(f"study.reference={ref!r} is not among the swept methods {sorted(set(method_names))}; "
                             f"sweep it too or set study.reference to one of them")
         n = min((len(v) for v in st.lr_grid.values()), default=0)
+        ext = st.get("max_extensions") or 0
+        ext_problems = S.extension_problems(st.lr_grid, ext)
+        problems += ext_problems
+        ext = 0 if ext_problems else int(ext)
         for v in lists.get("study.lr_index", []):
-            if v != S.TUNED and not (v.isdigit() and int(v) < n):
-                problems.append(f"study.lr_index={v} is not a grid entry (0..{n - 1} or tuned)")
+            try:
+                ok = v == S.TUNED or -ext <= int(v) < n + ext
+            except ValueError:
+                ok = False
+            if not ok:
+                span = f"0..{n - 1}" if not ext else f"{-ext}..{n - 1 + ext}, with study.max_extensions={ext}"
+                problems.append(f"study.lr_index={v} is not a grid entry ({span} or tuned)")
+        for t in tasks:  # a per-task setting the pilot has not filled in yet (???) stops the whole sweep
+            try:
+                S.apply_method_cfg(compose([*_first_values(argv), f"task={t}"]))
+            except BenchError as e:
+                problems.append(str(e))
     spec = root.data.get("dev_from_train")
     if spec not in (None, 0):
         for t in tasks:

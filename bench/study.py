@@ -16,7 +16,7 @@ the grid is extended one step that way (the grid's own ratio: index -1 is grid[0
 grid[-1] * ratio) and the choice is made again, up to max_extensions steps. The sweep lists the extension indices
 (-1 and n for one extension); a tuning job at an extension index runs only when the choice so far sits at that edge
 and is skipped otherwise (``walk`` decides, for the sweep and for the tables alike). Every method has the same
-maximum, so the tuning budget stays equal (docs/protocol.md#grid-extension).
+maximum, so the tuning budget stays equal (docs/protocol.md#9-grid-extension).
 """
 
 from __future__ import annotations
@@ -208,6 +208,12 @@ def apply_method_cfg(cfg: DictConfig) -> None:
         wrong = [k for k in extra if k not in ("train", "data", "task", "model")]
         if wrong:
             raise BenchError(f"study.task_cfg.{cfg.task.name} may set train / data / task / model keys, not {wrong}")
+        unset = [f"{section}.{key}" for section in extra for key in extra[section]
+                 if OmegaConf.is_missing(extra[section], key)]
+        if unset:  # a budget the pilot has not set yet: a run now would train at the root value instead
+            raise BenchError(f"study.task_cfg.{cfg.task.name} leaves {', '.join(unset)} unset (???): this study takes "
+                             "it from its pilot (`python -m bench pilot experiment=<pilot>` writes budgets.yaml); set "
+                             f"it in the experiment or give study.task_cfg.{cfg.task.name}.{unset[0]}=<value>")
         with open_dict(cfg):
             for section in extra:
                 cfg[section] = OmegaConf.merge(cfg[section], extra[section])

@@ -62,7 +62,11 @@ def cell_text(st: Study, task: str, method: str, rank_of: dict) -> str:
     else:
         t = vs(st, method, st.reference, task)
         s += (" ▲" if t["diff"] > 0 else " ▼") if t and t["significant"] else (" ≈" if t else " ?")
-    s += f" · lr {_lr(c['lr'])} · #{rank_of.get((task, method), '-')}"
+    s += f" · lr {_lr(c['lr'])}"
+    if st.max_extensions:  # grid extension: say when the grid moved, and when the choice still sits at its limit
+        s += " (ext)" if c.get("extended") else ""
+        s += " (edge)" if c.get("at_edge") else ""
+    s += f" · #{rank_of.get((task, method), '-')}"
     return s
 
 
@@ -114,12 +118,19 @@ def main_table(st: Study) -> pd.DataFrame:
 
 
 def lr_table(st: Study) -> pd.DataFrame:
+    """Every grid entry's mean dev score per cell; with grid extension, the columns lr-1 ... / lrN ... are the
+    extension entries (blank where the choice did not need them)."""
     lines = []
     for _, c in st.cells.iterrows():
         line = {"task": c["task"], "method": c["method"]}
-        for i, lr in enumerate(st.grid[c["method"]]):
+        n = len(st.grid[c["method"]])
+        for i in range(-st.max_extensions, n + st.max_extensions):
+            lr = st.lr_of(c["method"], i)
             v = (c["dev_means"] or {}).get(lr)
             mark = " *" if c.get("tuning_complete") and c.get("lr_index") == i else ""
+            if not 0 <= i < n and v is None:
+                line[f"lr{i}"] = ""
+                continue
             line[f"lr{i}"] = f"{_lr(lr)}: {v:.2f}{mark}" if v is not None else f"{_lr(lr)}: -"
         lines.append(line)
     return pd.DataFrame(lines)
@@ -181,11 +192,14 @@ def _cell_first(st: Study, method: str, key: str):
 
 
 def markdown(st: Study, command: str) -> str:
-    tune_n = sum(1 for c in st.expected.values() if c["tune"])
+    ran = set(st.runs["hash"]) if len(st.runs) else set()
+    needed = {m["hash"] for m in st.missing}
+    tune_n = sum(1 for h, c in st.expected.items() if c["tune"] and (not c.get("extension") or h in ran | needed))
     rep_needed = len(st.tasks) * len(st.methods) * (len(st.seeds) - len(st.tune_seeds))
     todo = gaps(st)
     p = st.protocol
     d, t = p["dev"], p["train"]
+    facts = protocol_facts(st)
     lines = [
         f"# Study `{st.name}`: {len(st.methods)} methods on {st.model}, {', '.join(TASK_LABELS.get(x, x) for x in st.tasks)}",
         "",
@@ -193,11 +207,11 @@ def markdown(st: Study, command: str) -> str:
         f"planned; {len(todo)} still to run).",
         "",
         "**Protocol.** "
-        f"A dev split of {d.get('dev_from_train')} training rows (seed {d.get('dev_seed')}, stratified by label) is carved "
+        f"A dev split of {d.get('dev_from_train')} training rows (seed {d.get('dev_seed')}, {facts['dev_how']}) is carved "
         "from train before anything else; the reported split (GLUE validation) is never used to choose anything. "
-        f"Every method gets the same budget ({t['epochs']} epoch(s), batch {t['batch_size']}, train subsample "
-        f"{d.get('max_train_samples')}, {t['precision']}, selection {t['selection']} on dev) and a grid of "
-        f"{len(next(iter(st.grid.values())))} learning rates. Stage 1: seed(s) {st.tune_seeds} run every grid entry; the entry "
+        f"Every method gets the same budget ({facts['epochs']} epoch(s), batch {t['batch_size']}, train subsample "
+        f"{facts['max_train_samples']}, {facts['precision']}, selection {t['selection']} on dev) and a grid of "
+        f"{len(next(iter(st.grid.values())))} learning rates{extension_text(st)}. Stage 1: seed(s) {st.tune_seeds} run every grid entry; the entry "
         f"with the best mean dev score is chosen per task and method. Stage 2: seeds "
         f"{[s for s in st.seeds if s not in st.tune_seeds]} run at that entry only. Cells report the chosen entry's "
         f"{len(st.seeds)} seeds on the reported split. Head input: {p['pooling']} pooling for every method.",
@@ -213,6 +227,7 @@ def markdown(st: Study, command: str) -> str:
         "",
         to_markdown(main_table(st)),
         "",
+        *across_tasks_lines(st),
         *provenance_lines(st),
         "## Learning rate chosen on dev",
         "",
@@ -295,6 +310,147 @@ def gaps(st: Study) -> list[dict]:
                 out.append({"task": c["task"], "method": c["method"], "seed": seed, "tune": False,
                             "lr_index": int(c["lr_index"])})
     return out
+
+
+def _task_values(st: Study, get) -> dict[str, set]:
+    """{task: {value of get(record) over the task's matched records}}."""
+    out: dict[str, set] = {}
+    if st.runs.empty or "record" not in st.runs:
+        return out
+    for task, rec in zip(st.runs["task"], st.runs["record"]):
+        if isinstance(rec, dict):
+            try:
+                v = get(rec)
+            except (KeyError, TypeError, AttributeError):
+                v = None
+            out.setdefault(task, set()).add(json.dumps(v, sort_keys=True, default=str))
+    return out
+
+
+def _per_task(st: Study, get, fallback, fmt=lambda v: str(v)) -> str:
+    """One value when every task's records agree, else 'value on task, task; value on task' (records first, the
+    composed protocol when there are none)."""
+    vals = _task_values(st, get)
+    if not vals:
+        return fmt(fallback)
+    by_value: dict[str, list[str]] = {}
+    for task in st.tasks:
+        for v in sorted(vals.get(task, ())):
+            by_value.setdefault(v, []).append(TASK_LABELS.get(task, task))
+    if len(by_value) == 1:
+        return fmt(json.loads(next(iter(by_value))))
+    return "; ".join(f"{fmt(json.loads(v))} on {', '.join(ts)}" for v, ts in by_value.items())
+
+
+def protocol_facts(st: Study) -> dict:
+    """The protocol sentence's facts read from the records (what the runs did), per task where they differ."""
+    p = st.protocol
+    d, t = p["dev"], p["train"]
+
+    def how(v):
+        v = str(v)
+        return v.replace("stratified by '", "stratified by ").rstrip("'") if v.startswith("stratified by '") else v
+
+    return {
+        "dev_how": _per_task(st, lambda r: r["data"]["dev"]["how"], "stratified by 'label'", how),
+        "epochs": _per_task(st, lambda r: r["config"]["train"]["epochs"], t["epochs"],
+                            lambda v: f"{v:g}" if isinstance(v, (int, float)) else str(v)),
+        "max_train_samples": _per_task(st, lambda r: r["config"]["data"]["max_train_samples"],
+                                       d.get("max_train_samples"), lambda v: "none (whole train set)" if v is None else str(v)),
+        "precision": _per_task(st, lambda r: r["config"]["train"]["precision"], t["precision"]),
+    }
+
+
+def extension_text(st: Study) -> str:
+    if not st.max_extensions:
+        return ""
+    n_ext = int(st.cells["extended"].sum()) if len(st.cells) and "extended" in st.cells else 0
+    edge = int(st.cells.get("at_edge", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()) if len(st.cells) else 0
+    return (f", extended by up to {st.max_extensions} step(s) past an edge chosen on dev (the same maximum for every "
+            f"method; {n_ext} cell(s) extended, marked (ext); {edge} cell(s) still at an edge the maximum does not let "
+            "move, marked (edge))")
+
+
+def across_tasks(st: Study) -> pd.DataFrame:
+    """Per method: the average over tasks with a 95% t-interval over seeds (each seed's average over the tasks,
+    tasks sharing seeds), the mean rank, and the count of tasks where it is significantly better / worse than the
+    reference row."""
+    rank_of = ranks(st)
+    lines = []
+    for m in st.methods:
+        per_seed: dict[int, list[float]] = {}
+        complete = True
+        for task in st.tasks:
+            rep = reported_runs(st, task, m)
+            if rep.empty:
+                complete = False
+                break
+            for seed, score in zip(rep["seed"], rep["score"]):
+                per_seed.setdefault(int(seed), []).append(float(score))
+        line = {"method": m}
+        seeds = [s for s, v in per_seed.items() if len(v) == len(st.tasks)] if complete else []
+        if seeds:
+            from bench import stats
+
+            mean, std, lo, hi = stats.t_interval([sum(per_seed[s]) / len(st.tasks) for s in seeds])
+            line["avg over tasks"] = f"{mean:.2f}" + ("" if _n(lo) else f" [{lo:.1f}, {hi:.1f}]")
+            line["seeds"] = len(seeds)
+        else:
+            line["avg over tasks"], line["seeds"] = "-", 0
+        rks = [rank_of[(t, m)] for t in st.tasks if (t, m) in rank_of]
+        line["mean rank"] = f"{sum(rks) / len(rks):.2f}" if len(rks) == len(st.tasks) and rks else "-"
+        if m == st.reference:
+            line["wins / losses vs ref"] = "ref"
+        else:
+            tests = [vs(st, m, st.reference, t) for t in st.tasks]
+            wins = [t for t, v in zip(st.tasks, tests) if v and v["significant"] and v["diff"] > 0]
+            losses = [t for t, v in zip(st.tasks, tests) if v and v["significant"] and v["diff"] < 0]
+            line["wins / losses vs ref"] = f"{len(wins)} / {len(losses)} of {sum(1 for v in tests if v)}"
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def shows(st: Study) -> list[str]:
+    """"What this study shows", written from the numbers: significant differences against the reference, the
+    tasks where nothing separates, the size of difference the study could detect, and what it cannot tell."""
+    out = []
+    tested = [(t, m, vs(st, m, st.reference, t)) for t in st.tasks for m in st.methods if m != st.reference]
+    tested = [(t, m, v) for t, m, v in tested if v]
+    if not tested:
+        return ["No complete pair against the reference yet: nothing to say."]
+    label = lambda t: TASK_LABELS.get(t, t)  # noqa: E731
+    sig = [(t, m, v) for t, m, v in tested if v["significant"]]
+    better = [f"{m} on {label(t)} ({_s(v['diff'])})" for t, m, v in sig if v["diff"] > 0]
+    worse = [f"{m} on {label(t)} ({_s(v['diff'])})" for t, m, v in sig if v["diff"] < 0]
+    out.append(f"Against `{st.reference}`, {len(sig)} of {len(tested)} method-task comparisons are significant "
+               f"(α = 0.05, not corrected for the {len(tested)} comparisons). Significantly better: "
+               f"{'; '.join(better) or 'none'}. Significantly worse: {'; '.join(worse) or 'none'}.")
+    quiet = [label(t) for t in st.tasks if not any(v["significant"] for tt, _, v in sig if tt == t)
+             and any(tt == t for tt, _, _ in tested)]
+    if quiet:
+        out.append(f"On {', '.join(quiet)} no method differs significantly from `{st.reference}`.")
+    halves = {}
+    for t in st.tasks:
+        hw = [(v["high"] - v["low"]) / 2 for tt, _, v in tested if tt == t and not _n(v.get("low"))]
+        if hw:
+            halves[t] = sorted(hw)[len(hw) // 2]
+    if halves:
+        out.append("The median half-width of the 95% intervals of a difference against the reference, in points: "
+                   + ", ".join(f"{label(t)} {h:.1f}" for t, h in halves.items())
+                   + "; a true difference smaller than about that is not detectable with these seeds and examples.")
+    out.append(f"It cannot tell how these methods compare on other models than {st.model}, with the full training "
+               "sets, at other budgets, or on other tasks; a tie here is a difference this study could not detect, "
+               "not evidence of equality.")
+    return out
+
+
+def across_tasks_lines(st: Study) -> list[str]:
+    table = across_tasks(st)
+    return ["## Across tasks", "",
+            "Average over the tasks (scores x100) with a 95% t-interval over seeds (each seed's average over the "
+            "tasks); wins / losses = tasks where the method is significantly better / worse than the reference row "
+            "(of the tasks with a test).", "", to_markdown(table), "", "## What this study shows", "",
+            *[f"- {x}" for x in shows(st)], ""]
 
 
 def summary_csv(st: Study) -> pd.DataFrame:

@@ -3,7 +3,8 @@
 The study experiment (conf/experiment/<name>.yaml, with ``study.lr_grid``) says which runs exist: tasks x
 methods x grid entries for the tuning seeds, then the other seeds. Every expected run is identified by its
 config hash, composed exactly as `bench run` composes it. Per (task, method) the grid entry with the best
-mean dev score over the tuning seeds is chosen (bench.study.choose_index, the same function the sweep uses);
+mean dev score over the tuning seeds is chosen (bench.study.walk, the same function the sweep uses, with the
+grid extended where the choice sits at an edge);
 that entry's runs over all seeds are reported on the reported split. Then: mean, std and a 95% t-interval
 over seeds; against a reference row, a seed-paired t-test and a two-level paired bootstrap over seeds and
 the saved per-example predictions (bench.stats); a ranking in which differences that are not significant
@@ -38,6 +39,7 @@ class Study:
     tune_seeds: list[int]
     grid: dict[str, list[float]]
     reference: str
+    max_extensions: int = 0  # study.max_extensions: grid extension steps allowed past each edge
     task_info: dict[str, dict] = field(default_factory=dict)   # task -> main_metric, metric, alias
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)   # matched ok records
     missing: list[dict] = field(default_factory=list)
@@ -46,6 +48,11 @@ class Study:
     protocol: dict = field(default_factory=dict)
     cells: pd.DataFrame = field(default_factory=pd.DataFrame)  # one line per (task, method)
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # pairwise tests per task
+
+    def lr_of(self, method: str, index: int) -> float:
+        from bench.study import lr_at
+
+        return lr_at(self.grid[method], index)
 
 
 def is_study(root) -> bool:
@@ -93,12 +100,14 @@ def expected_runs(argv: list[str]) -> Study:
     methods = filters.get("method", methods)
     seeds = [int(s) for s in filters["seed"]] if "seed" in filters else seeds
     problems = S.grid_problems(root.study.lr_grid, methods)
+    problems += S.extension_problems(root.study.lr_grid, root.study.get("max_extensions") or 0)
     if problems:
         raise BenchError("; ".join(problems))
     grid = {m: [float(x) for x in root.study.lr_grid[m]] for m in methods}
     st = Study(name=str(root.experiment_name), model=str(root.model.name), tasks=tasks, methods=methods,
                seeds=seeds, tune_seeds=[int(s) for s in root.study.tune_seeds], grid=grid,
-               reference=str(root.study.get("reference") or "lora"))
+               reference=str(root.study.get("reference") or "lora"),
+               max_extensions=int(root.study.get("max_extensions") or 0))
     st.protocol = {"dev": dict(root.data), "train": {k: root.train[k] for k in (
         "epochs", "max_steps", "batch_size", "selection", "eval_strategy", "precision", "warmup_ratio")},
         "pooling": root.model.get("pooling", "cls"), "extra_overrides": [o for o in rest if not o.startswith("experiment=")]}
@@ -109,10 +118,11 @@ def expected_runs(argv: list[str]) -> Study:
             st.task_info.setdefault(task, _main_metric_parts(cfg.task))
             n = len(grid[method])
             for seed in seeds:
-                for i in range(n):
+                for i in range(-st.max_extensions, n + st.max_extensions):
                     h = identity.at(seed, i).hash
                     st.expected[h] = {"task": task, "method": method, "seed": seed, "lr_index": i,
-                                      "lr": grid[method][i], "tune": seed in st.tune_seeds}
+                                      "lr": S.lr_at(grid[method], i), "tune": seed in st.tune_seeds,
+                                      "extension": not 0 <= i < n}
     return st
 
 
@@ -141,14 +151,18 @@ def match(st: Study, results: str | Path, df: Optional[pd.DataFrame] = None) -> 
     st.runs = runs
     have = set(runs["hash"]) if not runs.empty else set()
     failed_hashes = set(failed["config_hash"])
-    st.missing = [{**c, "hash": h, "failed": h in failed_hashes} for h, c in st.expected.items() if h not in have]
+    # an extension entry is expected only once the choice on dev needs it (choose adds those)
+    st.missing = [{**c, "hash": h, "failed": h in failed_hashes} for h, c in st.expected.items()
+                  if h not in have and not c.get("extension")]
 
 
 # ------------------------------------------------------------------------------------------------
 # the protocol: choose on dev, report on the reported split
 # ------------------------------------------------------------------------------------------------
 def choose(st: Study) -> None:
-    from bench.study import choose_index
+    """Per cell, the entry chosen on dev by the tuning seeds (bench.study.walk, the function the sweep uses, with the
+    grid extended where the choice sits at an edge); the extension entries the choice still needs join st.missing."""
+    from bench.study import at_unextendable_edge, walk
 
     lines = []
     runs = st.runs
@@ -161,15 +175,24 @@ def choose(st: Study) -> None:
             for _, r in tune.iterrows():
                 if r["dev_score"] is not None and not pd.isna(r["dev_score"]):
                     dev.setdefault(int(r["lr_index"]), []).append(float(r["dev_score"]))  # raw, as the sweep chose
-            complete = all(len(dev.get(i, [])) == len(st.tune_seeds) for i in range(n))
-            dev_means = {i: sum(v) / len(v) * SCALE for i, v in sorted(dev.items())}
+            scores = {i: sum(v) / len(v) for i, v in dev.items() if len(v) == len(st.tune_seeds)}
+            idx, entries, needed = walk(scores, n, st.max_extensions)
+            complete = idx is not None
+            # the entries the choice is made over (an extension run that the choice does not need is left out)
+            dev_means = {i: sum(v) / len(v) * SCALE for i, v in sorted(dev.items()) if i in entries}
             line: dict[str, Any] = {"task": task, "method": method, "tuning_complete": complete,
-                                    "dev_means": {st.grid[method][i]: m for i, m in dev_means.items()}}
+                                    "dev_means": {st.lr_of(method, i): m for i, m in dev_means.items()},
+                                    "entries": entries, "extended": any(not 0 <= i < n for i in entries)}
+            if needed is not None:
+                have = set(sub["hash"]) if len(sub) else set()
+                st.missing += [{**c, "hash": h, "failed": False} for h, c in st.expected.items()
+                               if (c["task"], c["method"], c["lr_index"]) == (task, method, needed) and c["tune"]
+                               and h not in have]
             if complete:
-                idx = choose_index(dev)
                 rep = sub[sub["lr_index"] == idx]
                 mean, std, lo, hi = stats.t_interval(rep["score"].tolist())
-                line.update(lr_index=idx, lr=st.grid[method][idx], dev_mean=dev_means[idx],
+                line.update(lr_index=idx, lr=st.lr_of(method, idx), dev_mean=dev_means[idx],
+                            at_edge=at_unextendable_edge(idx, entries, n, st.max_extensions),
                             n=len(rep), seeds=sorted(int(s) for s in rep["seed"]), mean=mean, std=std,
                             ci_low=lo, ci_high=hi,
                             trainable=_one(rep["trainable"]), trainable_method=_one(rep["trainable_method"]),

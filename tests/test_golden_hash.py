@@ -23,14 +23,26 @@ from bench.config.identity import run_identity
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _committed(paths):
+    """Only files git tracks: a local sweep's records (results/runs/, ignored) are not the suite's data."""
+    import subprocess
+
+    try:
+        tracked = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True, check=True)
+        keep = {REPO / line for line in tracked.stdout.splitlines()}
+    except (OSError, subprocess.CalledProcessError):  # no git (an unpacked copy): the ignored folders by name
+        keep = {p for p in paths if "runs" not in p.relative_to(REPO).parts}
+    return [p for p in paths if p in keep]
+
+
 def committed_records() -> list[tuple[str, dict]]:
     out = []
-    for path in sorted((REPO / "results").rglob("records.jsonl.gz")):
+    for path in _committed(sorted((REPO / "results").rglob("records.jsonl.gz"))):
         with gzip.open(path, "rt") as f:
             for i, line in enumerate(f):
                 rec = json.loads(line)
                 out.append((f"{path.relative_to(REPO)}:{i}", rec))
-    for path in sorted((REPO / "results").rglob("*.json")):
+    for path in _committed(sorted((REPO / "results").rglob("*.json"))):
         try:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):

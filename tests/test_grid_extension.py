@@ -125,3 +125,85 @@ def test_the_grid_without_extensions_hashes_and_chooses_as_before(tmp_path):
 def test_bad_extensions_are_one_message(tmp_path, extra, message):
     with pytest.raises(BenchError, match=message.replace("[", r"\[").replace(".", r"\.")):
         study.resolve(compose_cfg([*_base(tmp_path), "seed=1", *extra]))
+
+
+# ------------------------------------------------------------------------------------------------
+# the study table: planted records
+# ------------------------------------------------------------------------------------------------
+TABLE = [STUDY, "task=rte", "method=lora,full", "seed=1,2,3", "study.max_extensions=1"]
+
+
+def _dev(method, i):
+    # lora: dev rises to the top of its grid [3e-4, 1e-3, 3e-3] and beyond (1e-2); full: interior (index 1)
+    return {"lora": {-1: 0.50, 0: 0.55, 1: 0.6, 2: 0.7, 3: 0.75}, "full": {-1: 0.5, 0: 0.6, 1: 0.8, 2: 0.7, 3: 0.6}}[method][i]
+
+
+def test_table_asks_for_the_needed_extension_only(tmp_path):
+    from test_study import _plant
+
+    from bench import study_table
+
+    def score(task, method, seed, i):
+        return (None, None) if not 0 <= i < 3 else (_dev(method, i), 0.7)
+
+    _plant(tmp_path / "runs", TABLE, score)
+    st = study_table.build(TABLE, tmp_path / "runs", n_boot=200)
+    cells = st.cells.set_index("method")
+    assert not cells.loc["lora", "tuning_complete"] and cells.loc["full", "tuning_complete"]
+    missing = [(m["method"], m["seed"], m["lr_index"]) for m in st.missing]
+    assert missing == [("lora", 1, 3)]  # not index -1, not full's extensions, not the other seeds' entries
+
+
+def test_table_chooses_over_the_extended_grid_and_marks_the_cell(tmp_path):
+    from test_study import _plant
+
+    from bench import study_report, study_table
+
+    def score(task, method, seed, i):
+        return _dev(method, i), 0.65 + 0.05 * (i == 3)
+
+    _plant(tmp_path / "runs", TABLE, score)
+    st = study_table.build(TABLE, tmp_path / "runs", n_boot=200)
+    cells = st.cells.set_index("method")
+    assert cells.loc["lora", "lr_index"] == 3 and cells.loc["lora", "lr"] == 1e-2
+    assert cells.loc["lora", "extended"] and cells.loc["lora", "at_edge"]  # the maximum (1) is reached
+    assert cells.loc["full", "lr_index"] == 1 and not cells.loc["full", "extended"] and not cells.loc["full", "at_edge"]
+    # equal tuning budget: at most n + max_extensions entries per cell, the same maximum for every method
+    assert len(cells.loc["lora", "entries"]) == 4 and len(cells.loc["full", "entries"]) == 3
+    assert st.missing == []
+    rank_of = study_table.ranks(st)
+    assert "(ext) (edge)" in study_report.cell_text(st, "rte", "lora", rank_of)
+    assert "(ext)" not in study_report.cell_text(st, "rte", "full", rank_of)
+    lr = study_report.lr_table(st).set_index("method")
+    assert lr.loc["lora", "lr3"].startswith("1e-2:") and lr.loc["lora", "lr3"].endswith("*")
+    assert lr.loc["full", "lr3"] == "" and lr.loc["full", "lr-1"] == ""
+    md = study_report.markdown(st, "bench table")
+    assert "1 cell(s) extended, marked (ext); 1 cell(s) still at an edge" in md
+
+
+def test_adding_a_method_later_runs_only_its_runs_and_grows_the_table(tmp_path):
+    """Additive: the records of the first methods stay; a new method's runs are the only ones missing, and the
+    first methods' cells are unchanged when the table grows."""
+    from test_study import _plant
+
+    from bench import study_report, study_table
+
+    argv2 = [STUDY, "task=rte", "method=lora,full", "seed=1,2,3"]
+    argv3 = [STUDY, "task=rte", "method=lora,full,ia3", "seed=1,2,3"]
+
+    def score(task, method, seed, i):
+        return {0: 0.6, 1: 0.8, 2: 0.7}[i], {"lora": 0.7, "full": 0.75, "ia3": 0.72}[method]
+
+    _plant(tmp_path / "runs", argv2, score)
+    before = study_table.build(argv2, tmp_path / "runs", n_boot=200)
+    grown = study_table.build(argv3, tmp_path / "runs", n_boot=200)
+    todo = study_report.gaps(grown)  # what `bench run -m experiment=... method=ia3` would run
+    assert {g["method"] for g in todo} == {"ia3"}
+    assert len([g for g in todo if g["tune"]]) == 3 and len([g for g in todo if not g["tune"]]) == 2
+    _plant(tmp_path / "runs", argv3, score)  # the new method's runs (the first two methods' files are rewritten equal)
+    after = study_table.build(argv3, tmp_path / "runs", n_boot=200)
+    assert study_report.gaps(after) == [] and list(after.cells["method"].unique()) == ["lora", "full", "ia3"]
+    cols = ["task", "method", "lr_index", "mean", "std", "n"]
+    old = before.cells[cols].reset_index(drop=True)
+    new = after.cells[after.cells["method"] != "ia3"][cols].reset_index(drop=True)
+    assert old.equals(new)

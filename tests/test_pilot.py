@@ -111,3 +111,20 @@ def test_bad_options():
         _options(["experiment=glue_pilot_cpu", "pilot.tolerance=abc"])
     with pytest.raises(BenchError, match="reads an experiment's sweep"):
         _options(["task=rte"])
+
+
+def test_a_study_budget_the_pilot_has_not_set_stops_before_training():
+    """glue5_study_cpu takes each task's epochs from the pilot ('???' until then): one message, no run."""
+    from conftest import compose_cfg
+
+    from bench import study
+    from bench.preflight import check_sweep
+
+    with pytest.raises(BenchError, match=r"study.task_cfg.rte leaves train.epochs unset \(\?\?\?\)"):
+        study.apply_method_cfg(compose_cfg(["experiment=glue5_study_cpu", "task=rte", "method=lora"]))
+    with pytest.raises(BenchError, match="the sweep was not started") as e:
+        check_sweep(["experiment=glue5_study_cpu", "task=rte,cola"])
+    assert str(e.value).count("leaves train.epochs unset") == 2
+    cfg = compose_cfg(["experiment=glue5_study_cpu", "task=rte", "method=lora", "study.task_cfg.rte.train.epochs=3"])
+    study.apply_method_cfg(cfg)
+    assert cfg.train.epochs == 3
