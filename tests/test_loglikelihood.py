@@ -58,9 +58,10 @@ def _examples():
     return ex
 
 
-def test_choice_logprob_equals_the_hand_computed_sum(tiny_llama):
+@pytest.mark.parametrize("prefix_cache", [False, True])
+def test_choice_logprob_equals_the_hand_computed_sum(tiny_llama, prefix_cache):
     examples = _examples()
-    scores, _ = LL.choice_logprobs(tiny_llama, examples, batch_size=5)
+    scores, _ = LL.choice_logprobs(tiny_llama, examples, batch_size=5, prefix_cache=prefix_cache)
     for (ctxs, conts), got in zip(examples, scores):
         want = [hand_logprob(tiny_llama, c, t) for c, t in zip(ctxs, conts)]
         assert got == pytest.approx(want, abs=1e-4)
@@ -155,6 +156,8 @@ def test_a_task_without_the_block_or_with_an_unknown_mode_is_refused():
         LL.LoglikelihoodSpec(compose_cfg(["task=gsm8k", "model=tiny-llama", "task.eval_mode=loglikelihood"]).task)
     with pytest.raises(BenchError, match="generate | loglikelihood"):
         LL.eval_mode({"eval_mode": "choices"})
+    with pytest.raises(BenchError, match="prefix_cache must be true or false"):
+        _spec("arc_easy", "+task.loglikelihood.prefix_cache=sometimes")
 
 
 @pytest.mark.parametrize("task", ["boolq", "piqa", "social_i_qa", "winogrande", "arc_easy", "arc_challenge",
@@ -273,7 +276,8 @@ def test_zero_steps_scores_by_loglikelihood_with_no_forgetting(tmp_path):
     cache = os.environ.get("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     cfg = compose_cfg(["method=lora", "task=arc_easy", "model=tiny-llama", f"data_dir={tmp_path / 'data'}",
                        f"results_dir={tmp_path}/runs", f"cache_dir={cache}", "task.eval_mode=loglikelihood",
-                       "task.loglikelihood.main=acc_norm", "train.max_steps=0", "train.forgetting=true",
+                       "task.loglikelihood.main=acc_norm", "+task.loglikelihood.prefix_cache=true",
+                       "train.max_steps=0", "train.forgetting=true",
                        "train.eval_batch_size=5", "train.progress=false"])
     rec = runner.run(cfg)
     assert rec["status"] == "ok" and rec["train"]["steps"] == 0
@@ -281,6 +285,7 @@ def test_zero_steps_scores_by_loglikelihood_with_no_forgetting(tmp_path):
     assert f["increase"] == pytest.approx(0.0, abs=1e-6) and f["loss_before"] == f["loss_after"] > 0
     assert f["sample"]["paragraphs"] == 12 and f["sample"]["distinct_paragraphs"] == 12 and f["tokens"] > 0
     assert rec["data"]["eval_mode"] == "loglikelihood" and rec["data"]["loglikelihood_main"] == "acc_norm"
+    assert rec["data"]["loglikelihood"]["default"]["scoring"] == "prefix_cache"
     m = rec["metrics"]
     assert m["accuracy"] == m["acc_norm"] and set(m) == {"accuracy", "acc", "acc_norm"}
     # per example: the file's scores give the metrics by the formulas, and the record's predictions the same
