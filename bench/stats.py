@@ -22,6 +22,8 @@ from scipy import stats as sps
 ALPHA = 0.05
 
 
+N_BOOT = 2000  # bootstrap resamples of every paired test (tables, studies, the report); n_boot=<k> changes it
+
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
     """(mean, sample std, low, high) of the mean; NaN interval for fewer than two values."""
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
@@ -102,7 +104,7 @@ def metric_on(name: str, pred, label, idx) -> np.ndarray:
     return RESAMPLED[name](np.asarray(pred), np.asarray(label), np.asarray(idx))
 
 
-def paired_bootstrap(metric: str, preds_a: list, preds_b: list, label, n_boot: int = 2000, seed: int = 0) -> dict:
+def paired_bootstrap(metric: str, preds_a: list, preds_b: list, label, n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Two-level paired bootstrap of metric(a) - metric(b), averaged over paired seeds.
 
     preds_a[i] and preds_b[i] are the two rows' predictions of seed i on the same examples (labels `label`).

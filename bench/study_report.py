@@ -218,7 +218,7 @@ def markdown(st: Study, command: str) -> str:
         "",
         "**Cells**: mean ± std over seeds [95% t-interval], then against the reference row "
         f"(`{st.reference}`): ▲ significantly better, ▼ significantly worse, ≈ no significant difference "
-        "(two-level paired bootstrap over seeds and examples of the reported split, 2,000 resamples, α = 0.05); "
+        f"(two-level paired bootstrap over seeds and examples of the reported split, {st.n_boot:,} resamples, α = 0.05); "
         "the lr chosen on dev; #rank = 1 + the number of rows significantly better on that task (ties share a rank). "
         "Scores x100. Trainable = method + task head. Step ms = the median, over all the method's runs, of each "
         "run's median optimizer-step time; optimizer state MB = the optimizer's state tensors of one run (exact); "

@@ -39,6 +39,7 @@ class Study:
     tune_seeds: list[int]
     grid: dict[str, list[float]]
     reference: str
+    n_boot: int = stats.N_BOOT  # bootstrap resamples of the paired tests
     max_extensions: int = 0  # study.max_extensions: grid extension steps allowed past each edge
     task_info: dict[str, dict] = field(default_factory=dict)   # task -> main_metric, metric, alias
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)   # matched ok records
@@ -217,7 +218,7 @@ def reported_runs(st: Study, task: str, method: str) -> pd.DataFrame:
     return r[(r["task"] == task) & (r["method"] == method) & (r["lr_index"] == idx)].sort_values("seed")
 
 
-def compare(st: Study, a: str, b: str, task: str, n_boot: int = 2000) -> Optional[dict]:
+def compare(st: Study, a: str, b: str, task: str, n_boot: int = stats.N_BOOT) -> Optional[dict]:
     """Row a against row b on one task: seed-paired t and the two-level paired bootstrap (x100)."""
     ra, rb = reported_runs(st, task, a), reported_runs(st, task, b)
     if ra.empty or rb.empty:
@@ -243,7 +244,7 @@ def compare(st: Study, a: str, b: str, task: str, n_boot: int = 2000) -> Optiona
     return out
 
 
-def pairwise(st: Study, n_boot: int = 2000) -> None:
+def pairwise(st: Study, n_boot: int = stats.N_BOOT) -> None:
     lines = []
     for task in st.tasks:
         for i, a in enumerate(st.methods):
@@ -288,7 +289,7 @@ def ranks(st: Study) -> dict[tuple[str, str], int]:
     return out
 
 
-def build(argv: list[str], results: str | Path, n_boot: int = 2000, df: Optional[pd.DataFrame] = None) -> Study:
+def build(argv: list[str], results: str | Path, n_boot: int = stats.N_BOOT, df: Optional[pd.DataFrame] = None) -> Study:
     """The study table's content; df: the records when already loaded (bench.table.frame.load_records)."""
     st = expected_runs(argv)
     for a in argv:
@@ -297,6 +298,7 @@ def build(argv: list[str], results: str | Path, n_boot: int = 2000, df: Optional
     if st.reference not in st.methods:
         raise BenchError(f"reference={st.reference!r} is not a row of this table (rows: {', '.join(st.methods)}); "
                          f"choose one of them, e.g. reference={st.methods[0]}")
+    st.n_boot = n_boot
     match(st, results, df)
     choose(st)
     pairwise(st, n_boot)

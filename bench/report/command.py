@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import stats
 from bench.errors import BenchError
 
 REPORT_KEYS = ("report_dir", "perf_dir", "n_boot")
@@ -69,9 +70,9 @@ def build(argv: list[str]) -> tuple[Path, object]:
         raise BenchError(f"no results at {results}: run `python -m bench run ...` first, or point results_dir= at a "
                          "results folder (or a study's records.jsonl.gz)")
     try:
-        n_boot = int(opts.get("n_boot") or 2000)
+        n_boot = int(opts.get("n_boot") or stats.N_BOOT)
     except ValueError:
-        raise BenchError(f"n_boot must be an integer (got {opts['n_boot']!r}); e.g. n_boot=2000") from None
+        raise BenchError(f"n_boot must be an integer (got {opts['n_boot']!r}); e.g. n_boot={stats.N_BOOT}") from None
     recs = sources.read(results)
     if study_table.is_study(cfg):
         report = gather.from_study(argv, results, recs, n_boot=n_boot)

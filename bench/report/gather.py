@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from bench import stats
 from bench.report import runs as R
 from bench.report.sources import Records
 
@@ -59,8 +60,6 @@ def _seed(x):
 
 
 def _cell(report: Report, row: dict, task: str, views: list[dict]) -> None:
-    from bench import stats
-
     for v in views:
         report.runs[v["id"]] = v
     scores = [v["score"] for v in views if v["score"] is not None]
@@ -74,7 +73,7 @@ def _cell(report: Report, row: dict, task: str, views: list[dict]) -> None:
 # ------------------------------------------------------------------------------------------------
 # a study
 # ------------------------------------------------------------------------------------------------
-def from_study(argv: list[str], results: str | Path, recs: Records, n_boot: int = 2000) -> Report:
+def from_study(argv: list[str], results: str | Path, recs: Records, n_boot: int = stats.N_BOOT) -> Report:
     from bench import study_report as SR
     from bench import study_table as ST
 

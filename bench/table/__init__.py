@@ -20,6 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from bench import stats
 from bench.errors import BenchError
 from bench.table.frame import SCALE, cell_stats, count_range, flat_csv, iter_records, load_records, record_row, scores
 from bench.table.protocol import (
@@ -113,7 +114,7 @@ def provenance_lines(runs) -> list[str]:
 def _study_main(argv: list[str], cfg) -> None:
     from bench import study_report, study_table
 
-    n_boot = int(next((a.split("=", 1)[1] for a in argv if a.startswith("n_boot=")), 2000))
+    n_boot = int(next((a.split("=", 1)[1] for a in argv if a.startswith("n_boot=")), stats.N_BOOT))
     st = study_table.build(argv, cfg.results_dir, n_boot=n_boot)
     out_dir = Path(cfg.get("tables_dir") or REPO_ROOT / "results" / "studies" / st.name)
     command = "python -m bench table " + " ".join(shlex.quote(a) for a in argv)
