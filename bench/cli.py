@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import shlex
 import sys
+from pathlib import Path
 
 from bench.config.compose import CONF_DIR
 
@@ -34,8 +35,31 @@ def _fail(message: str, code: int = 2) -> None:
 NAMED_GROUPS = ("method", "task", "model", "train", "experiment", "launcher")  # conf/<group>/<name>.yaml
 
 
-def known_names(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def known_names(group: str, search: tuple[Path, ...] = ()) -> list[str]:
+    """The config files of a group: conf/<group>/ and <dir>/<group>/ for each hydra.searchpath folder."""
+    return sorted({p.stem for d in (CONF_DIR, *search) for p in (Path(d) / group).glob("*.yaml")})
+
+
+def searchpath_dirs(argv: list[str]) -> tuple[Path, ...]:
+    """The local folders of a hydra.searchpath=[file:///abs/dir, ...] override (pkg:// entries are left out)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    out: list[Path] = []
+    for arg in argv:
+        if arg.lstrip("+").split("=", 1)[0] != "hydra.searchpath":
+            continue
+        try:
+            value = OverridesParser.create().parse_override(arg.lstrip("+")).value()
+        except (HydraException, ValueError, TypeError):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            item = str(item)
+            if item.startswith("file://"):
+                out.append(Path(item[len("file://"):]))
+            elif "://" not in item:
+                out.append(Path(item))
+    return tuple(out)
 
 
 def unknown_names_message(group: str, names: list[str], known: list[str]) -> str | None:
@@ -58,6 +82,7 @@ def check_group_names(argv: list[str]) -> None:
     from bench.errors import BenchError
 
     parser = OverridesParser.create()
+    search = searchpath_dirs(argv)
     for arg in argv:
         if "=" not in arg or arg.startswith(("-", "~")):
             continue
@@ -70,7 +95,7 @@ def check_group_names(argv: list[str]) -> None:
                      else [str(o.get_value_element_as_str())])
         except (HydraException, ValueError, TypeError):  # left to Hydra, which names the syntax error
             continue
-        message = unknown_names_message(key, [n for n in names if n != "null"], known_names(key))
+        message = unknown_names_message(key, [n for n in names if n != "null"], known_names(key, search))
         if message:
             raise BenchError(message)
 
