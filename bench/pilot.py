@@ -317,6 +317,9 @@ def figure(path: Path, budgets: list[Budget], rows: list[dict]) -> None:
         if b.budget:
             ax.axvline(b.budget, color="black", ls=":", lw=1)
         ax.set_xscale("log", base=2)
+        ticks = sorted({r["epochs"] for r in mine})
+        ax.set_xticks(ticks, [_fmt(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_title(f"{b.task}{'' if b.settled else ' (not settled)'}", fontsize=9)
         ax.set_xlabel("epochs")
         metric = next((r["metric"] for r in mine if r["metric"]), "score")
