@@ -15,7 +15,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
-from bench import records
+from bench import forgetting, records
 from bench.config.identity import run_identity
 from bench.cost import CostCallback, memory_figures
 from bench.data import DEV_ALIAS, default_cache_dir
@@ -91,6 +91,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
         cache_dir = default_cache_dir(cfg.cache_dir)
         family = get_family(cfg.task.family)(cfg, cache_dir)
         family.validate()
+        forgetting.check(cfg, family)
     except BenchError as e:
         if sweep:  # a sweep keeps a record of every job, also of one whose input was invalid
             records.write_json_atomic(path, {
@@ -196,6 +197,7 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     data = family.load_data()
     record["data"] = data.info
     tokenizer = family.load_tokenizer()
+    forget = forgetting.Probe(cfg, tokenizer) if t.get("forgetting") else None  # the generic-text sample, read now
     model = family.build_model(tokenizer)
     # the tokenized train set is what the Trainer steps over (QA: one feature per window, not per example)
     train_ds = family.train_dataset(data, tokenizer)
@@ -241,7 +243,10 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
         compile_stats(reset=True)  # this run's compiled graphs only (a sweep worker may have compiled others)
         if epoch_eval is not None:
             epoch_eval.trainer = trainer  # evaluates through the Trainer's compiled module
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    if forget is not None:
+        forget.before(model)  # as training starts: the method applied, nothing trained
+    if t.max_steps is None or int(t.max_steps) > 0:  # train.max_steps=0: evaluation only
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     cost_summary = cost.summary(int(t.batch_size) * int(t.grad_accum))
     if t.get("save_every"):
         cost_summary["checkpoints_saved"] = harness.saved
@@ -253,6 +258,8 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
         record["compile"] = {"backend": t.get("compile_backend") or "inductor", "mode": t.get("compile_mode"),
                              **compile_stats()}
     eval_s = time.perf_counter() - t0
+    if forget is not None:
+        record["forgetting"] = forget.after(model)
     n_eval = sum(record["data"].get("eval_sizes", {}).values()) or None
     final_preds = getattr(family, "last_predictions", None)
     if not history or history[-1]["step"] != trainer.state.global_step:
