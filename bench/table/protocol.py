@@ -37,7 +37,11 @@ TABLE_ONLY_KEYS = ("tables_dir", "figures_dir")  # keys of `bench table` / `benc
 # the paper files
 # ------------------------------------------------------------------------------------------------
 def load_paper(name: str) -> dict:
-    """results/paper/<name>.yaml: source, columns, rows with overrides and reported numbers."""
+    """results/paper/<name>.yaml: source, columns, rows with overrides and reported numbers.
+
+    A row this suite cannot run (a method it does not have, or one the model family cannot take) has
+    ``overrides: null`` and ``not_runnable: <why>``: the table shows its reported numbers, lists it with the
+    reason, and expects no runs of it."""
     import yaml
 
     path = PAPER_DIR / f"{name}.yaml"
@@ -52,6 +56,10 @@ def load_paper(name: str) -> dict:
     for i, row in enumerate(spec.get("rows") or []):
         if "label" not in row or "overrides" not in row:
             problems.append(f"rows[{i}] needs label and overrides")
+        elif row["overrides"] is None and not str(row.get("not_runnable") or "").strip():
+            problems.append(f"rows[{i}] ({row['label']}): overrides: null needs not_runnable: <why>")
+        elif row["overrides"] is not None and row.get("not_runnable"):
+            problems.append(f"rows[{i}] ({row['label']}): not_runnable with overrides (drop one)")
         for t in (row.get("reported") or {}):
             if t not in spec.get("tasks", {}) and t != "avg":
                 problems.append(f"rows[{i}] ({row.get('label')}): reported task {t!r} is not a column")
@@ -134,13 +142,15 @@ def select_experiment(argv: list[str], df: pd.DataFrame) -> Selection:
         seeds = [s for s in seeds if str(s) in filters["seed"]]
     variant = root.get("table_variant")
     rows = [{**r, "overrides": merge_overrides([*r["overrides"], *((r.get("variants") or {}).get(variant) or [])])}
-            for r in paper["rows"]] if variant else list(paper["rows"])
+            if r["overrides"] is not None else r for r in paper["rows"]] if variant else list(paper["rows"])
     if "method" in filters:  # filter by row label or by method name
         rows = [r for r in rows if r["label"] in filters["method"]
-                or any(o in (f"method={m}" for m in filters["method"]) for o in r["overrides"])]
+                or any(o in (f"method={m}" for m in filters["method"]) for o in r["overrides"] or [])]
     expected: dict[str, dict] = {}   # hash -> cell
     by_cell: dict[tuple, dict] = {}
     for row in rows:
+        if row["overrides"] is None:  # not runnable here: the paper's numbers only, no expected runs
+            continue
         for task in tasks:
             overrides = [*rest, *row["overrides"], f"task={task}"]
             cfg = compose(overrides)
@@ -169,6 +179,7 @@ def select_experiment(argv: list[str], df: pd.DataFrame) -> Selection:
             "eval_strategy": str(root.train.eval_strategy),
             "variant": variant,
             "extra_overrides": [a for a in rest if a.split("=", 1)[0] != "experiment"],
+            "not_runnable": {r["label"]: str(r["not_runnable"]).strip() for r in rows if r["overrides"] is None},
         },
     )
     ok_runs, seen = [], set()

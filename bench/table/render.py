@@ -144,8 +144,13 @@ def gap_lines(sel: Selection) -> list[str]:
         out.append(f"Mixed: {len(sel.meta['mixed'])} cell(s) average records of different configs (use "
                    "experiment=<name> for a protocol-exact table, or filter):")
         out += [f"  - {m}" for m in sel.meta["mixed"]]
+    not_runnable = sel.meta.get("not_runnable") or {}
+    if not_runnable:
+        out.append(f"Not runnable here: {len(not_runnable)} row(s) of the paper, shown with its numbers only:")
+        out += [f"  - {row}: {why}" for row, why in not_runnable.items()]
     if sel.missing:
-        out.append(f"Missing: {len(sel.missing)} of {len(sel.rows) * len(sel.tasks) * len(sel.seeds)} expected runs "
+        runnable = len(sel.rows) - len(not_runnable)
+        out.append(f"Missing: {len(sel.missing)} of {runnable * len(sel.tasks) * len(sel.seeds)} expected runs "
                    "have no ok record with the protocol's config hash:")
         by_row: dict[str, list[str]] = {}
         for m in sel.missing:
