@@ -13,6 +13,8 @@ reference methods (full fine-tuning and LoRA), one seed, each budget a run of th
 4. writes pilot.md, pilot.png (dev score against budget, one panel per task), pilot.csv, budgets.yaml (the
    `study.task_cfg` block for the study) and the pilot's records (records.jsonl.gz) to
    results/studies/<experiment name>/pilot/, with a cost plan of the study from the pilot's measured run times.
+   Those committed records are written back to the results folder first (restore), so a pilot spread over several
+   sessions resumes where it stopped.
 
 Only dev scores choose anything; the reported split's scores are shown beside them for information.
 """
@@ -350,10 +352,37 @@ def write(out: Path, name: str, points: list[Point], budgets: list[Budget], rows
             f.write(json.dumps(p.record, sort_keys=True, default=str) + "\n")
 
 
+def restore(points: list[Point], committed: Path) -> int:
+    """Write the committed pilot records (records.jsonl.gz beside pilot.md) that the results folder lacks back to
+    where a run writes them, so the pilot's sweep resumes by config hash on a fresh checkout (results/runs/ is not
+    committed). Only records of this pilot's expected configs, ok, with their own hash; returns how many."""
+    from bench import records
+
+    if not committed.is_file():
+        return 0
+    by_hash = {p.hash: p for p in points}
+    n = 0
+    with gzip.open(committed, "rt") as f:
+        for line in f:
+            rec = json.loads(line)
+            p = by_hash.get(rec.get("config_hash"))
+            if p is None or rec.get("status") != "ok" or p.path.is_file():
+                continue
+            if records.config_hash(rec.get("config") or {}) != p.hash:
+                continue  # a record whose stored config no longer hashes to its name: not restored
+            records.write_json_atomic(p.path, rec)
+            n += 1
+    return n
+
+
 def main(argv: list[str]) -> None:
     opts, rest = _options(argv)
     root, points, tasks = plan(rest)
     name = str(root.get("experiment_name") or "pilot")
+    out = Path(opts["out"] or Path("results/studies") / name / "pilot")
+    restored = restore(points, out / "records.jsonl.gz")
+    if restored:
+        print(f"[pilot] restored {restored} committed pilot record(s) from {out / 'records.jsonl.gz'}")
     if opts["run"]:
         check_train_splits(root, tasks, rest)
         run_missing(rest, points, tasks)
@@ -363,7 +392,6 @@ def main(argv: list[str]) -> None:
         p.record = records.read_record(p.path) if p.path.is_file() else None
     budgets, rows = analyse(points, tasks, opts)
     costs = cost_plan(budgets, rows, opts)
-    out = Path(opts["out"] or Path("results/studies") / name / "pilot")
     write(out, name, points, budgets, rows, costs, opts)
     done = sum(_ok(p) for p in points)
     print(f"[pilot] {done} of {len(points)} pilot runs have records; wrote {out}/pilot.md, pilot.png, budgets.yaml")

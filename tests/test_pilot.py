@@ -128,3 +128,39 @@ def test_a_study_budget_the_pilot_has_not_set_stops_before_training():
     cfg = compose_cfg(["experiment=glue5_study_cpu", "task=rte", "method=lora", "study.task_cfg.rte.train.epochs=3"])
     study.apply_method_cfg(cfg)
     assert cfg.train.epochs == 3
+
+
+def test_committed_records_are_restored_so_the_pilot_resumes(tmp_path):
+    """A fresh checkout has no results/runs/: bench pilot writes the committed records back where the sweep looks,
+    so only the runs still missing would train."""
+    import gzip
+
+    args = ["experiment=glue_pilot_cpu", "task=rte", f"results_dir={tmp_path}/runs"]
+    _, points, _ = plan(args)
+    scores = {(p.task, p.method, p.budget): 0.6 for p in points if p.budget < 4}
+    _plant(points, scores, tmp_path)
+    from bench import records as R
+
+    for p in points:  # planted records need a config that hashes to their name, as real ones have
+        if p.path.is_file():
+            from bench.config.compose import compose
+            from bench.config.identity import run_identity
+
+            rec = json.loads(p.path.read_text())
+            ident = run_identity(compose(["experiment=glue_pilot_cpu", "task=rte", f"method={p.method}",
+                                          f"train.epochs={p.budget:g}", "study.lr_index=0",
+                                          f"results_dir={tmp_path}/runs"]))
+            assert ident.hash == p.hash
+            rec["config"] = ident.config
+            R.write_json_atomic(p.path, rec)
+    out = tmp_path / "pilot"
+    assert run_cli(["pilot", *args, "pilot.run=false", f"pilot.out={out}"]).returncode == 0
+    committed = gzip.open(out / "records.jsonl.gz", "rt").read().splitlines()
+    assert len(committed) == 4
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")  # the next session's fresh checkout
+    r = run_cli(["pilot", *args, "pilot.run=false", f"pilot.out={out}"])
+    assert r.returncode == 0 and "restored 4 committed pilot record(s)" in r.stdout
+    assert sorted(p.path.name for p in points if p.path.is_file()) == sorted(
+        p.path.name for p in points if p.budget < 4)
