@@ -237,6 +237,12 @@ def analyse(points: list[Point], tasks: list[str], opts: dict) -> tuple[list[Bud
                          "wall_s": (rec or {}).get("wall_s"), "hash": p.hash, "done": _ok(p)})
         b = choose_budget(curves, float(opts["tolerance"]))
         b.task = task
+        chance = next((r["chance_dev"] for r in rows if r["task"] == task and r["chance_dev"] is not None), None)
+        flat = [m for m, c in sorted(curves.items()) if c and chance is not None
+                and max(c.values()) <= chance + float(opts["tolerance"])]
+        if flat:  # the rule then rests on the other method(s) alone: say so
+            b.why += (f"; {', '.join(flat)} never leave(s) chance on dev ({chance:.3f}) at any budget tried: "
+                      "that method's lr may be wrong for this task")
         budgets.append(b)
     return budgets, rows
 

@@ -79,6 +79,9 @@ def test_command_on_planted_records(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "rte: 2 epoch(s) - every method within 0.01" in r.stdout
     assert "mrpc: 2 epoch(s) (not settled)" in r.stdout
+    lines = {ln.split(":")[0]: ln for ln in r.stdout.splitlines() if ln.startswith("[pilot] ")}
+    assert "full, lora never leave(s) chance on dev (0.600)" in lines["[pilot] rte"]  # 0.605 is within 0.01 of 0.6
+    assert "never leave" not in lines["[pilot] mrpc"]
     md = (out / "pilot.md").read_text()
     assert "| rte | full | 2 | 0.600 | 0.580 | 0.600 |" in md  # chance on dev = majority share 60 / 100
     assert (out / "pilot.png").stat().st_size > 1000
@@ -89,6 +92,16 @@ def test_command_on_planted_records(tmp_path):
     import gzip
 
     assert len(gzip.open(out / "records.jsonl.gz", "rt").read().splitlines()) == 10
+
+
+def test_a_method_that_never_leaves_chance_is_named(tmp_path):
+    args = ["experiment=glue_pilot_cpu", "task=rte", f"results_dir={tmp_path}/runs"]
+    _, points, _ = plan(args)
+    _plant(points, {(p.task, p.method, p.budget): (0.6 if p.method == "lora" else 0.55 + 0.1 * p.budget / 4)
+                    for p in points}, tmp_path)
+    r = run_cli(["pilot", *args, "pilot.run=false", f"pilot.out={tmp_path}/out"])
+    assert r.returncode == 0, r.stderr
+    assert "lora never leave(s) chance on dev (0.600)" in r.stdout and "full never" not in r.stdout
 
 
 def test_a_task_without_a_train_split_trains_nothing(tmp_path):
