@@ -73,9 +73,10 @@ def presets() -> dict[str, str]:
 
 
 def available() -> list[str]:
-    """Every method name: the Python methods and the one-YAML peft presets."""
+    """Every method name: the Python methods and the one-YAML peft presets (a name starting with '_' is private: a
+    test's own registration, reachable by get_method, never listed)."""
     _discover()
-    return sorted(set(_REGISTRY) | set(presets()))
+    return sorted(n for n in set(_REGISTRY) | set(presets()) if not n.startswith("_"))
 
 
 def get_method(name: str, cfg: Optional[Mapping[str, Any]] = None) -> Method:

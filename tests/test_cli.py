@@ -84,9 +84,9 @@ def test_bad_input_is_caught_before_training(override, message, glue_dir, tmp_pa
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["method=nosuch"], "Could not find 'method/nosuch'"),
-        (["task=nosuch"], "Could not find 'task/nosuch'"),
-        (["model=nosuch"], "Could not find 'model/nosuch'"),
+        (["method=nosuch"], "unknown method 'nosuch'; known: "),
+        (["task=nosuch"], "unknown task 'nosuch'; known: "),
+        (["model=nosuch"], "unknown model 'nosuch'; known: "),
         (["method=lora", "method.r=-2"], "method.r must be a positive integer"),
     ],
 )

@@ -153,7 +153,7 @@ def test_s_larger_than_matrix_is_rejected_at_apply():
 def test_unknown_role_for_architecture_says_what_to_set():
     ctx = MethodContext(task_type="causal_lm", model_type="llama", head_modules=["lm_head"], train_head=False)
     with pytest.raises(MethodConfigError, match="target_roles"):
-        get_method("lora_dash").peft_config(_cfg(target_roles=["q", "in"]), ctx)
+        get_method("lora_dash").peft_config(_cfg(target_roles=["q", "qq"]), ctx)  # "in" / "out" are Llama roles now
 
 
 # -- parameter counts ---------------------------------------------------------------------------------
