@@ -79,6 +79,12 @@ def available() -> list[str]:
     return sorted(n for n in set(_REGISTRY) | set(presets()) if not n.startswith("_"))
 
 
+def is_method(name: str) -> bool:
+    """A registered method or preset, private ('_' names, a test's own) included."""
+    _discover()
+    return name in _REGISTRY or name in presets()
+
+
 def get_method(name: str, cfg: Optional[Mapping[str, Any]] = None) -> Method:
     """The method called ``name``. ``cfg`` (the method's config): a name no Python method has is a peft preset when
     its config carries ``peft_type`` (a preset from the user's own search-path folder)."""

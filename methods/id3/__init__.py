@@ -20,7 +20,7 @@ from torch import nn
 
 from methods.base import Method, MethodConfigError, MethodContext
 from methods.base import is_head as _is_head
-from methods.registry import available, get_method, register
+from methods.registry import available, get_method, is_method, register
 
 from .optimizer import SCHEDULES, ID3Optimizer
 from .storage import apply_delta, read_metadata, save_delta
@@ -127,7 +127,7 @@ class ID3(Method):
         if base is not None:
             if base == self.name:
                 raise MethodConfigError("method.base cannot be id3 itself; use e.g. method.base=lora or null")
-            if base not in available():
+            if not is_method(base):
                 raise MethodConfigError(
                     f"method.base={base!r} is not a registered method; choose one of "
                     f"{', '.join(m for m in available() if m != self.name)} or null"
