@@ -7,6 +7,8 @@ are told apart.
 
 from __future__ import annotations
 
+import re
+
 _BERT_LIKE = {
     "q": r"attention\.self\.query",
     "k": r"attention\.self\.key",
@@ -63,3 +65,16 @@ def resolve_targets(model_type: str, target_modules, target_roles) -> object:
     if target_modules:
         return list(target_modules) if not isinstance(target_modules, str) else target_modules
     return target_regex(model_type, list(target_roles))
+
+
+def matches_peft_pattern(patterns, key: str) -> bool:
+    """peft's matching rules: a string is a full regex match; a list matches the name or a '.<entry>' suffix."""
+    if not patterns:
+        return False
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, key) is not None
+    return key in patterns or any(key.endswith(f".{p}") for p in patterns)
+
+
+def under_modules_to_save(config, key: str) -> bool:
+    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", key) for m in (config.modules_to_save or []))

@@ -9,19 +9,9 @@ from torch import nn
 
 from .config import BottleneckConfig
 from .layer import CANNOT_MERGE, BottleneckLayer, Linear
+from methods.targets import matches_peft_pattern, under_modules_to_save
 
 
-def _matches(patterns, key: str) -> bool:
-    """peft's matching rules: a string is a full regex match; a list matches the name or a '.<entry>' suffix."""
-    if not patterns:
-        return False
-    if isinstance(patterns, str):
-        return re.fullmatch(patterns, key) is not None
-    return key in patterns or any(key.endswith(f".{p}") for p in patterns)
-
-
-def _under_modules_to_save(config, key: str) -> bool:
-    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", key) for m in (config.modules_to_save or []))
 
 
 def sublayer_input_name(config: BottleneckConfig, key: str) -> str:
@@ -62,9 +52,9 @@ class BottleneckModel(BaseTuner):
         return peft_config
 
     def _check_target_module_exists(self, peft_config: BottleneckConfig, key: str):
-        if _under_modules_to_save(peft_config, key):
+        if under_modules_to_save(peft_config, key):
             return False
-        return _matches(peft_config.target_modules, key)
+        return matches_peft_pattern(peft_config.target_modules, key)
 
     def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key, **kwargs) -> None:
         kw = dict(mode=config.mode, r=config.r, non_linearity=config.non_linearity, scaling=config.scaling,

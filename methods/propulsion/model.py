@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections import defaultdict
 from typing import Optional
@@ -13,6 +12,7 @@ from torch import nn
 
 from .config import PropulsionConfig
 from .layer import SUPPORTED_BASE_LAYERS, Embedding, Linear, PropulsionLayer
+from methods.targets import matches_peft_pattern, under_modules_to_save
 
 try:  # peft's marker for "excluded on purpose" (better errors when every module is excluded)
     from peft.tuners.tuners_utils import _ExcludedModule
@@ -28,17 +28,6 @@ except ImportError:  # pragma: no cover - older peft
 WEIGHT_READ_MODULES = ("rel_embeddings",)  # DeBERTa(-v2) relative position table
 
 
-def _matches(patterns, key: str) -> bool:
-    """peft's matching rules: a string is a full regex match; a list matches the name or a '.<entry>' suffix."""
-    if not patterns:
-        return False
-    if isinstance(patterns, str):
-        return re.fullmatch(patterns, key) is not None
-    return key in patterns or any(key.endswith(f".{p}") for p in patterns)
-
-
-def _under_modules_to_save(config, key: str) -> bool:
-    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", key) for m in (config.modules_to_save or []))
 
 
 class PropulsionModel(BaseTuner):
@@ -82,11 +71,11 @@ class PropulsionModel(BaseTuner):
                 self._default_targets.add(name)
 
     def _check_target_module_exists(self, peft_config: PropulsionConfig, key: str):
-        if _matches(peft_config.exclude_modules, key) or _under_modules_to_save(peft_config, key):
+        if matches_peft_pattern(peft_config.exclude_modules, key) or under_modules_to_save(peft_config, key):
             return _ExcludedModule()
         if peft_config.target_modules is None:
             return key in getattr(self, "_default_targets", ())
-        return _matches(peft_config.target_modules, key)
+        return matches_peft_pattern(peft_config.target_modules, key)
 
     # -- creating layers -------------------------------------------------------------------------------------------
     @staticmethod
