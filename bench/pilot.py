@@ -364,20 +364,11 @@ def restore(points: list[Point], committed: Path) -> int:
     committed). Only records of this pilot's expected configs, ok, with their own hash; returns how many."""
     from bench import records
 
-    if not committed.is_file():
-        return 0
     by_hash = {p.hash: p for p in points}
     n = 0
-    with gzip.open(committed, "rt") as f:
-        for line in f:
-            rec = json.loads(line)
-            p = by_hash.get(rec.get("config_hash"))
-            if p is None or rec.get("status") != "ok" or p.path.is_file():
-                continue
-            if records.config_hash(rec.get("config") or {}) != p.hash:
-                continue  # a record whose stored config no longer hashes to its name: not restored
-            records.write_json_atomic(p.path, rec)
-            n += 1
+    for folder in sorted({p.path.parent for p in points}):
+        n += records.restore(committed, folder, accept=lambda r, f=folder: r.get("config_hash") in by_hash
+                             and by_hash[r["config_hash"]].path.parent == f)
     return n
 
 

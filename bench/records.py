@@ -128,6 +128,58 @@ def completed(path: Path, chash: str) -> bool:
     return bool(rec and rec.get("status") == "ok" and rec.get("config_hash") == chash)
 
 
+def committed_path(experiment_name: str) -> Path:
+    """Where `bench table` commits an experiment's records (results/studies/<name>/records.jsonl.gz)."""
+    return REPO_ROOT / "results" / "studies" / str(experiment_name) / "records.jsonl.gz"
+
+
+def restore(source: str | Path, results_dir: str | Path, accept=None) -> int:
+    """Write each ok record of a committed records.jsonl.gz that ``results_dir`` lacks back where its run writes it
+    (results/runs/ is not committed), so a sweep resumes by config hash on a fresh checkout instead of rerunning what
+    is done. A record whose stored config no longer hashes to its name is not restored; ``accept(record)`` may narrow
+    the set further. Returns how many records were written."""
+    import gzip
+
+    source = Path(source)
+    if not source.is_file():
+        return 0
+    n = 0
+    with gzip.open(source, "rt") as f:
+        for line in f:
+            rec = json.loads(line)
+            cfg = rec.get("config") or {}
+            if rec.get("status") != "ok" or not cfg or (accept is not None and not accept(rec)):
+                continue
+            chash = rec.get("config_hash")
+            if config_hash(cfg) != chash:
+                continue
+            path = record_path(results_dir, cfg, chash)
+            if completed(path, chash):
+                continue
+            write_json_atomic(path, rec)
+            n += 1
+    return n
+
+
+_RESTORED: set = set()
+
+
+def restore_experiment(results_dir: str | Path, experiment_name: Any) -> int:
+    """Once per process: restore the committed records of ``experiment_name`` (its own runs only) into
+    ``results_dir``; says how many in one line."""
+    if not experiment_name:
+        return 0
+    key = (str(Path(results_dir).resolve()), str(experiment_name))
+    if key in _RESTORED:
+        return 0
+    _RESTORED.add(key)
+    source = committed_path(experiment_name)
+    n = restore(source, results_dir, accept=lambda r: (r.get("config") or {}).get("experiment_name") == experiment_name)
+    if n:
+        print(f"[bench] restored {n} committed record(s) of {experiment_name} from {source} into {results_dir}")
+    return n
+
+
 def git_info() -> dict:
     def git(*args):
         # --no-optional-locks: `git status` must not take .git/index.lock (a run killed mid-call would leave a

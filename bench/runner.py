@@ -71,6 +71,8 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
 
     device = hardware.train_device()
     precision = hardware.apply_precision(cfg, device)  # train.precision=auto -> bf16 | fp32, before hashing
+    # a study's committed records first (a fresh checkout has no results/runs/): its sweep resumes, not reruns
+    records.restore_experiment(cfg.results_dir, cfg.get("experiment_name"))
     try:
         lr_choice = study.resolve(cfg)  # train.lr from the study's grid (before hashing: the record says which)
     except study.NotChosen as e:

@@ -207,3 +207,48 @@ def test_adding_a_method_later_runs_only_its_runs_and_grows_the_table(tmp_path):
     old = before.cells[cols].reset_index(drop=True)
     new = after.cells[after.cells["method"] != "ia3"][cols].reset_index(drop=True)
     assert old.equals(new)
+
+
+def test_committed_study_records_are_restored_so_the_sweep_resumes(tmp_path, monkeypatch):
+    """A fresh checkout has no results/runs/: the first `bench run` of a study writes its committed records
+    (results/studies/<name>/records.jsonl.gz) back where its runs look, so tuning is not rerun; a record whose
+    config no longer hashes to its name, a failed one, or another experiment's is left out."""
+    import gzip
+    import json
+
+    runs = tmp_path / "runs"
+    _plant_tuning(runs, {0: 0.6, 1: 0.7, 2: 0.65})
+    planted = sorted(runs.glob("*.json"))
+    recs = []
+    for p in planted:  # a real record stores the config it hashes from
+        rec = json.loads(p.read_text())
+        cfg = compose_cfg([*_base(runs), "seed=1"])
+        from omegaconf import OmegaConf
+
+        study.apply_method_cfg(cfg)
+        for i in range(3):
+            c = study.grid_config(OmegaConf.to_container(cfg, resolve=True), 1, i)
+            if records.config_hash(c) == rec["config_hash"]:
+                rec["config"] = c
+        recs.append(rec)
+    assert all("config" in r for r in recs)
+    tampered = json.loads(json.dumps(recs[0]))
+    tampered["config"]["train"]["lr"] = 0.5  # no longer hashes to its name
+    failed = {**recs[1], "status": "failed"}
+    other = json.loads(json.dumps(recs[2]))
+    other["config"]["experiment_name"] = "another_study"
+    other["config_hash"] = records.config_hash(other["config"])
+    committed = tmp_path / "studies" / "glue_study_cpu" / "records.jsonl.gz"
+    committed.parent.mkdir(parents=True)
+    with gzip.open(committed, "wt") as f:
+        for r in [*recs, tampered, failed, other]:
+            f.write(json.dumps(r) + "\n")
+    for p in planted:
+        p.unlink()
+    monkeypatch.setattr(records, "committed_path", lambda name: tmp_path / "studies" / name / "records.jsonl.gz")
+    monkeypatch.setattr(records, "_RESTORED", set())
+    assert records.restore_experiment(runs, "glue_study_cpu") == 3
+    assert sorted(runs.glob("*.json")) == planted
+    assert records.restore_experiment(runs, "glue_study_cpu") == 0  # once per process
+    scores, missing = study.tuning_scores(recs[0]["config"], runs)
+    assert scores == {0: 0.6, 1: 0.7, 2: 0.65}

@@ -136,8 +136,11 @@ def test_a_study_budget_the_pilot_has_not_set_stops_before_training():
     with pytest.raises(BenchError, match=r"study.task_cfg.rte leaves train.epochs unset \(\?\?\?\)"):
         study.apply_method_cfg(compose_cfg(["experiment=glue5_study_cpu", "task=rte", "method=lora"]))
     with pytest.raises(BenchError, match="the sweep was not started") as e:
-        check_sweep(["experiment=glue5_study_cpu", "task=rte,cola"])
+        check_sweep(["experiment=glue5_study_cpu", "task=rte,cola", "study.task_cfg.cola.train.epochs=???"])
     assert str(e.value).count("leaves train.epochs unset") == 2
+    with pytest.raises(BenchError, match="the sweep was not started") as e:  # RTE, left out by the pilot
+        check_sweep(["experiment=glue5_study_cpu", "task=rte,cola"])
+    assert str(e.value).count("leaves train.epochs unset") == 1 and "task_cfg.cola" not in str(e.value)
     cfg = compose_cfg(["experiment=glue5_study_cpu", "task=rte", "method=lora", "study.task_cfg.rte.train.epochs=3"])
     study.apply_method_cfg(cfg)
     assert cfg.train.epochs == 3
