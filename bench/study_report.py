@@ -18,7 +18,7 @@ import pandas as pd
 from bench.provenance import hardware_text
 from bench.study_table import Study, ranks, reported_runs, vs
 from bench.table.protocol import REPO_ROOT
-from bench.table.render import to_markdown
+from bench.table.model import Cell, Column, Row, Table, to_markdown
 
 CLAIMS = REPO_ROOT / "results" / "paper" / "claims" / "study_claims.yaml"
 TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "rte": "RTE", "qnli": "QNLI", "mrpc": "MRPC", "stsb": "STS-B",
@@ -47,29 +47,6 @@ def _col(st: Study, task: str) -> str:
     return f"{TASK_LABELS.get(task, task)} {METRIC_LABELS.get(metric, metric)}"
 
 
-def cell_text(st: Study, task: str, method: str, rank_of: dict) -> str:
-    c = st.cells[(st.cells["task"] == task) & (st.cells["method"] == method)]
-    if c.empty or not bool(c.iloc[0]["tuning_complete"]):
-        return "tuning incomplete"
-    c = c.iloc[0]
-    s = f"{c['mean']:.2f}"
-    if not _n(c["std"]):
-        s += f" ± {c['std']:.2f} [{c['ci_low']:.1f}, {c['ci_high']:.1f}]"
-    if int(c["n"]) < len(st.seeds):
-        s += f" (n={int(c['n'])})"
-    if method == st.reference:
-        s += " ref"
-    else:
-        t = vs(st, method, st.reference, task)
-        s += (" ▲" if t["diff"] > 0 else " ▼") if t and t["significant"] else (" ≈" if t else " ?")
-    s += f" · lr {_lr(c['lr'])}"
-    if st.max_extensions:  # grid extension: say when the grid moved, and when the choice still sits at its limit
-        s += " (ext)" if c.get("extended") else ""
-        s += " (edge)" if c.get("at_edge") else ""
-    s += f" · #{rank_of.get((task, method), '-')}"
-    return s
-
-
 def majority(st: Study, task: str) -> Optional[float]:
     r = st.runs[st.runs["task"] == task] if not st.runs.empty else st.runs
     r = r[r["label"].notna()] if len(r) else r
@@ -85,36 +62,102 @@ def majority(st: Study, task: str) -> Optional[float]:
     return M.compute([st.task_info[task]["metric"]], pred, y)[st.task_info[task]["metric"]] * 100
 
 
-def main_table(st: Study) -> pd.DataFrame:
+def _sig(st: Study, task: str, method: str) -> Optional[str]:
+    """The cell's mark against the reference row: up / down (significant), tie, None (the reference or no test)."""
+    if method == st.reference:
+        return None
+    t = vs(st, method, st.reference, task)
+    if not t:
+        return None
+    return ("up" if t["diff"] > 0 else "down") if t["significant"] else "tie"
+
+
+def cell_text(st: Study, task: str, method: str, rank_of: dict) -> str:
+    c = st.cells[(st.cells["task"] == task) & (st.cells["method"] == method)]
+    if c.empty or not bool(c.iloc[0]["tuning_complete"]):
+        return "tuning incomplete"
+    c = c.iloc[0]
+    s = f"{c['mean']:.2f}"
+    if not _n(c["std"]):
+        s += f" ± {c['std']:.2f} [{c['ci_low']:.1f}, {c['ci_high']:.1f}]"
+    if int(c["n"]) < len(st.seeds):
+        s += f" (n={int(c['n'])})"
+    sig = _sig(st, task, method)
+    s += " ref" if method == st.reference else {"up": " ▲", "down": " ▼", "tie": " ≈", None: " ?"}[sig]
+    s += f" · lr {_lr(c['lr'])}"
+    if st.max_extensions:  # grid extension: say when the grid moved, and when the choice still sits at its limit
+        s += " (ext)" if c.get("extended") else ""
+        s += " (edge)" if c.get("at_edge") else ""
+    s += f" · #{rank_of.get((task, method), '-')}"
+    return s
+
+
+def _first(v) -> Optional[float]:
+    """A count or cost of a cell (the first of several, where its runs differ); None when unknown."""
+    v = v[0] if isinstance(v, list) else v
+    return None if _n(v) else float(v)
+
+
+def study_table(st: Study) -> Table:
+    """The study's main table as the table model (bench.table.model): per method its trainable count, one cell per
+    task (mean, std, interval, seeds, the mark against the reference, in the text also the lr and the rank), the
+    average, the mean rank and the costs; then the majority-class line. summary.md, the figures and the HTML report
+    read it."""
     rank_of = ranks(st)
-    lines = []
+    columns = [Column("trainable", "trainable"), *(Column(t, _col(st, t), task=True) for t in st.tasks),
+               *(Column(k, k) for k in ("avg", "mean rank", "step ms", "optimizer state MB", "process peak RSS MB",
+                                         "hardware"))]
+    rows = []
     for m in st.methods:
-        line = {"method": m}
         c = st.cells[st.cells["method"] == m]
         first = c[c["tuning_complete"]].iloc[0] if (not c.empty and c["tuning_complete"].any()) else None
-        line["trainable"] = _params(first["trainable"]) if first is not None else "?"
+        tr = first["trainable"] if first is not None else None
+        cells = {"trainable": Cell(_params(tr) if first is not None else "?",
+                                   value=None if _n(tr) else float(tr[0] if isinstance(tr, list) else tr))}
+        means = []
         for t in st.tasks:
-            line[_col(st, t)] = cell_text(st, t, m, rank_of)
-        means = [c[c["task"] == t].iloc[0]["mean"] for t in st.tasks
-                 if not c[c["task"] == t].empty and bool(c[c["task"] == t].iloc[0]["tuning_complete"])]
-        line["avg"] = f"{sum(means) / len(means):.2f}" if len(means) == len(st.tasks) and means else "-"
+            line = c[c["task"] == t]
+            ok = not line.empty and bool(line.iloc[0]["tuning_complete"])
+            if not ok:
+                cells[t] = Cell(cell_text(st, t, m, rank_of))
+                continue
+            x = line.iloc[0]
+            means.append(x["mean"])
+            cells[t] = Cell(cell_text(st, t, m, rank_of), value=float(x["mean"]),
+                            std=None if _n(x["std"]) else float(x["std"]), n=int(x["n"]),
+                            low=None if _n(x["ci_low"]) else float(x["ci_low"]),
+                            high=None if _n(x["ci_high"]) else float(x["ci_high"]), sig=_sig(st, t, m),
+                            trainable=_first(x["trainable"]), step_ms=_first(x["step_time_ms"]),
+                            scores=list(reported_runs(st, t, m)["score"]))
+        avg = sum(means) / len(means) if len(means) == len(st.tasks) and means else None
+        cells["avg"] = Cell("-" if avg is None else f"{avg:.2f}", value=avg)
         rks = [rank_of[(t, m)] for t in st.tasks if (t, m) in rank_of]
-        line["mean rank"] = f"{sum(rks) / len(rks):.2f}" if len(rks) == len(st.tasks) and rks else "-"
+        mean_rank = sum(rks) / len(rks) if len(rks) == len(st.tasks) and rks else None
+        cells["mean rank"] = Cell("-" if mean_rank is None else f"{mean_rank:.2f}", value=mean_rank)
         runs = st.runs[st.runs["method"] == m] if not st.runs.empty else st.runs  # every run of the method
         step = pd.to_numeric(runs["step_time_s"]).dropna() if len(runs) else []
         mem = pd.to_numeric(runs["peak_rss_mb"]).dropna() if len(runs) else []
         opt = pd.to_numeric(runs["optimizer_state_bytes"]).dropna() if len(runs) else []
-        line["step ms"] = f"{float(step.median()) * 1000:.0f}" if len(step) else "-"
-        line["optimizer state MB"] = f"{float(opt.median()) / 2**20:.1f}" if len(opt) else "-"
-        line["process peak RSS MB"] = f"{float(mem.max()):.0f}" if len(mem) else "-"
-        line["hardware"] = hardware_text(runs["record"]) if len(runs) else "-"  # what step ms / RSS were measured on
-        lines.append(line)
-    base = {"method": "majority class", "trainable": "0"}
+        step_ms = float(step.median()) * 1000 if len(step) else None
+        opt_mb = float(opt.median()) / 2**20 if len(opt) else None
+        rss = float(mem.max()) if len(mem) else None
+        cells["step ms"] = Cell("-" if step_ms is None else f"{step_ms:.0f}", value=step_ms)
+        cells["optimizer state MB"] = Cell("-" if opt_mb is None else f"{opt_mb:.1f}", value=opt_mb)
+        cells["process peak RSS MB"] = Cell("-" if rss is None else f"{rss:.0f}", value=rss)
+        # what step ms / RSS were measured on
+        cells["hardware"] = Cell(hardware_text(runs["record"]) if len(runs) else "-")
+        rows.append(Row(m, cells, method=m, model=st.model, reference=m == st.reference))
+    base = {"trainable": Cell("0", value=0.0)}
     for t in st.tasks:
         v = majority(st, t)
-        base[_col(st, t)] = "-" if v is None else f"{v:.2f}"
-    lines.append(base)
-    return pd.DataFrame(lines).fillna("-")
+        base[t] = Cell("-" if v is None else f"{v:.2f}", value=v)
+    rows.append(Row("majority class", base, kind="baseline"))
+    return Table(columns, rows, first="method")
+
+
+def main_table(st: Study) -> pd.DataFrame:
+    """The display frame of study_table (texts)."""
+    return study_table(st).frame()
 
 
 def lr_table(st: Study) -> pd.DataFrame:
@@ -191,7 +234,7 @@ def _cell_first(st: Study, method: str, key: str):
     return float(v[0] if isinstance(v, list) else v)
 
 
-def markdown(st: Study, command: str) -> str:
+def markdown(st: Study, command: str, table: Optional[Table] = None) -> str:
     ran = set(st.runs["hash"]) if len(st.runs) else set()
     needed = {m["hash"] for m in st.missing}
     tune_n = sum(1 for h, c in st.expected.items() if c["tune"] and (not c.get("extension") or h in ran | needed))
@@ -225,7 +268,7 @@ def markdown(st: Study, command: str) -> str:
         "process peak RSS MB = the largest peak RSS of the processes that ran the method's runs (a process that ran "
         "several jobs - a joblib worker - reports its peak so far, so this is an upper bound, not a per-run figure).",
         "",
-        to_markdown(main_table(st)),
+        to_markdown(table if table is not None else study_table(st)),
         "",
         *across_tasks_lines(st),
         *provenance_lines(st),
@@ -528,7 +571,8 @@ def write(st: Study, results, out: Path, command: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     md = out / "summary.md"
-    md.write_text(markdown(st, command))
+    table = study_table(st)  # the table model: summary.md's main table and the figures read it
+    md.write_text(markdown(st, command, table))
     paths.append(md)
     summary_csv(st).to_csv(out / "summary.csv", index=False)
     lr_table(st).to_csv(out / "lr_choice.csv", index=False)

@@ -47,7 +47,7 @@ class Report:
 
 def _num(x) -> Optional[float]:
     try:
-        v = float(str(x).replace(",", ""))
+        v = float(x)
     except (TypeError, ValueError):
         return None
     return None if math.isnan(v) else v
@@ -70,6 +70,15 @@ def _cell(report: Report, row: dict, task: str, views: list[dict]) -> None:
                          "text": (row["cells"].get(task) or {}).get("text", "-")})
 
 
+def _cell_view(row, column) -> dict:
+    """A cell of the table model (bench.table.model) as the page shows it: its text, its number to sort by, its
+    significance mark and the lines under it (the paper's number, the delta)."""
+    cell = row.cells.get(column.key)
+    under = [(u.label.lstrip("↳ ").strip(), u.cells.get(column.key)) for u in row.under]
+    return {"text": cell.text if cell else "-", "sort": cell.value if cell else None, "sig": cell.sig if cell else None,
+            "sub": [f"{name}: {c.text}" for name, c in under if c is not None and c.text.strip()]}
+
+
 # ------------------------------------------------------------------------------------------------
 # a study
 # ------------------------------------------------------------------------------------------------
@@ -79,10 +88,9 @@ def from_study(argv: list[str], results: str | Path, recs: Records, n_boot: int 
 
     st = ST.build(argv, results, n_boot=n_boot)
     rep = Report(title=f"Study {st.name}: {len(st.methods)} methods on {st.model}", mode="study", results=str(results))
-    main = SR.main_table(st)
-    task_cols = list(main.columns[2:2 + len(st.tasks)])  # method, trainable, one column per task, then the rest
-    rep.tasks = [{"key": t, "label": c} for t, c in zip(st.tasks, task_cols)]
-    rep.extra_columns = [c for c in main.columns if c not in ("method", *task_cols)]
+    table = SR.study_table(st)  # the table model summary.md renders: the page reads its numbers
+    rep.tasks = [{"key": c.key, "label": c.label} for c in table.tasks]
+    rep.extra_columns = [c.label for c in table.extra]
     rep.notes = [
         f"Scores x100 on the reported split: mean ± std over seeds {', '.join(map(str, st.seeds))} [95% t-interval]; "
         f"▲ / ▼ significantly better / worse than the reference row {st.reference!r}, ≈ no significant "
@@ -98,26 +106,15 @@ def from_study(argv: list[str], results: str | Path, recs: Records, n_boot: int 
                if o.split("=", 1)[0].lstrip("+~") not in NON_SEMANTIC_KEYS]
     if matched:
         rep.notes.append("Extra settings matched: " + " ".join(matched) + ".")
-    cells = st.cells
-    for _, line in main.iterrows():
-        label = str(line["method"])
-        extra = {c: {"text": str(line[c]), "sort": _num(line[c]), "sub": []} for c in rep.extra_columns}
-        if label not in st.methods:   # the majority-class line
-            cells_text = {t: {"text": str(line[c])} for t, c in zip(st.tasks, task_cols)}
-            rep.baseline.append({"label": label, "cells": cells_text, "extra": extra})
+    for line in table.rows:
+        label = line.label
+        extra = {c.label: _cell_view(line, c) for c in table.extra}
+        if line.kind == "baseline":   # the majority-class line
+            rep.baseline.append({"label": label, "cells": {c.key: _cell_view(line, c) for c in table.tasks},
+                                 "extra": extra})
             continue
-        row = {"label": label, "method": label, "model": st.model, "cells": {}, "extra": extra,
-               "reference": label == st.reference}
-        for t, c in zip(st.tasks, task_cols):
-            cl = cells[(cells["task"] == t) & (cells["method"] == label)] if not cells.empty else cells
-            ok = not cl.empty and bool(cl.iloc[0]["tuning_complete"])
-            sig = None
-            if ok and label != st.reference:
-                v = ST.vs(st, label, st.reference, t)
-                sig = None if not v else ("up" if v["significant"] and v["diff"] > 0 else
-                                          "down" if v["significant"] else "tie")
-            row["cells"][t] = {"text": str(line[c]), "sort": float(cl.iloc[0]["mean"]) if ok else None, "sig": sig,
-                              "sub": []}
+        row = {"label": label, "method": line.method, "model": line.model, "extra": extra,
+               "cells": {c.key: _cell_view(line, c) for c in table.tasks}, "reference": line.reference}
         rep.rows.append(row)
         for t in st.tasks:
             views = []
@@ -204,33 +201,14 @@ def from_table(argv: list[str], results: str | Path, recs: Records) -> Report:
                          + "; ".join(sel.meta["mixed"]))
     rep.tasks = [{"key": t, "label": sel.task_labels.get(t, t)} for t in sel.tasks]
     if sel.rows:
-        stats = TB.cell_stats(sel)
-        table = TB.display_table(sel, stats)
-        labels = {sel.task_labels.get(t, t): t for t in sel.tasks}
-        rep.extra_columns = [c for c in table.columns if c != "Method" and c not in labels]
-        current = None
-        for _, line in table.iterrows():
-            label = str(line["Method"])
-            if label.startswith("↳") and current is not None:   # the paper's line and the delta under a row
-                name = label.lstrip("↳ ").strip()
-                for c, t in labels.items():
-                    current["cells"][t]["sub"].append(f"{name}: {line[c]}")
-                for c in rep.extra_columns:
-                    if str(line[c]).strip():
-                        current["extra"][c]["sub"].append(f"{name}: {line[c]}")
-                continue
-            st = stats[stats["row"] == label].set_index("task")
-            runs = sel.runs[sel.runs["row"] == label] if not sel.runs.empty else sel.runs
-            models = sorted({str(m) for m in runs["model"].dropna()}) if len(runs) else []
-            model = sel.meta.get("model") or (models[0] if len(models) == 1 else ", ".join(models))
-            current = {"label": label, "method": str(runs["method"].iloc[0]) if len(runs) else label, "model": model,
-                       "cells": {t: {"text": str(line[c]), "sub": [], "sig": None,
-                                     "sort": _num(st.loc[t, "mean"]) if t in st.index else None}
-                                 for c, t in labels.items()},
-                       "extra": {c: {"text": str(line[c]), "sub": [],
-                                     "sort": _num(st.loc["avg", "mean"]) if c == "Avg" and "avg" in st.index
-                                     else _num(str(line[c]).split(" ")[0])}
-                                 for c in rep.extra_columns}}
+        table = TB.build(sel, TB.cell_stats(sel))  # the table model bench table renders: numbers, not strings
+        rep.extra_columns = [c.label for c in table.extra]
+        for row in table.rows:
+            current = {"label": row.label, "method": row.method, "model": row.model,
+                       "cells": {c.key: _cell_view(row, c) for c in table.tasks},
+                       "extra": {c.label: _cell_view(row, c) for c in table.extra}}
+            runs = sel.runs[sel.runs["row"] == row.label] if not sel.runs.empty else sel.runs
+            label = row.label
             rep.rows.append(current)
             for t in sel.tasks:
                 sub = runs[runs["task"] == t].sort_values("seed") if len(runs) else runs

@@ -6,7 +6,8 @@ One job per module:
   the per-cell statistics (cell_stats: a groupby over (row, task));
 * bench.table.protocol: which runs a table holds - the experiment / paper protocol matched by config hash
   (configs composed by bench.config.compose, as `bench run` composes them), or every ok record;
-* bench.table.render: the display frame, Markdown, LaTeX, header and gap lines;
+* bench.table.model: the table model (rows of cells holding numbers) and its Markdown, LaTeX and CSV renderers;
+* bench.table.render: a paper / records table as that model (build), its header and gap lines;
 * here: the command (records loaded once, then the study table or the paper / records table).
 
 Records store metrics as fractions; tables print them x100, mean +- sample std over seeds.
@@ -37,11 +38,12 @@ from bench.table.protocol import (
     select_records,
     split_filters,
 )
-from bench.table.render import display_table, gap_lines, header_lines, to_latex, to_markdown
+from bench.table.model import Cell, Column, Row, Table
+from bench.table.render import build, display_table, gap_lines, header_lines, to_latex, to_markdown
 
 __all__ = [
     "FILTER_KEYS", "PAPER_DIR", "REPO_ROOT", "SCALE", "STUDY_ONLY_KEYS", "TABLE_ONLY_KEYS", "BenchError",
-    "Selection", "cell_stats", "config_diff", "count_range", "display_table", "fill_commands",
+    "Cell", "Column", "Row", "Selection", "Table", "build", "cell_stats", "config_diff", "count_range", "display_table", "fill_commands",
     "flat_csv", "gap_lines", "header_lines", "iter_records", "load_paper", "load_records", "main",
     "record_row", "scores", "select", "select_experiment", "select_records", "split_filters",
     "to_latex", "to_markdown",
@@ -82,14 +84,13 @@ def main(argv: list[str]) -> None:
         for line in gap_lines(sel):
             print(line)
         return
-    stats = cell_stats(sel)
-    table = display_table(sel, stats)
+    table = build(sel, cell_stats(sel))  # the table model: Markdown, LaTeX and CSV render from it
     head = header_lines(sel)
     gaps = [*provenance_lines(sel.runs), *gap_lines(sel)]
     md = to_markdown(table)
     (out_dir / f"{stem}.md").write_text("\n\n".join(["\n".join(head), md, "\n".join(gaps)]).rstrip() + "\n")
     (out_dir / f"{stem}.tex").write_text(to_latex(table, caption=" ".join(head[:2])) + "\n")
-    stats.to_csv(out_dir / f"{stem}.csv", index=False)
+    table.csv().to_csv(out_dir / f"{stem}.csv", index=False)
     print("\n".join(head))
     print()
     print(md)

@@ -1,13 +1,14 @@
-"""Rendering a table: the display frame (ours, the paper's line, the delta), Markdown, LaTeX, the header and
-the gap lists. Numbers come from bench.table.frame.cell_stats; nothing here computes a statistic."""
+"""A paper or records table as the table model (bench.table.model: ours, the paper's line, the delta), and the
+header and gap lists. Numbers come from bench.table.frame.cell_stats; nothing here computes a statistic."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import pandas as pd
 
-from bench.table.frame import count_range
+from bench.table.frame import STAT_COLUMNS, count_range
+from bench.table.model import Cell, Column, Row, Table, to_latex, to_markdown  # noqa: F401  (re-exported)
 from bench.table.protocol import Selection
 
 
@@ -40,78 +41,78 @@ def forgetting_text(runs: pd.DataFrame) -> str:
     return f"{vals.mean():+.3f} (n={len(vals)})"
 
 
-def display_table(sel: Selection, stats: pd.DataFrame) -> pd.DataFrame:
-    """Rows (ours, then the paper's and the delta where the paper reports the row), columns tasks + Avg + params."""
-    cols = [sel.task_labels.get(t, t) for t in sel.tasks] + ["Avg", "Trainable (method + head)", "Seeds"]
+def _num(x) -> Optional[float]:
+    return None if x is None or pd.isna(x) else float(x)
+
+
+def _median(values) -> Optional[float]:
+    vals = sorted(float(v) for v in values if v is not None and not pd.isna(v))
+    return vals[len(vals) // 2] if vals else None
+
+
+def build(sel: Selection, stats: pd.DataFrame) -> Table:
+    """The table model of a paper or records table: per row its cells (numbers from cell_stats; the paper's line and
+    the delta's under it where the paper reports the row), columns tasks + Avg + params + seeds (+ forgetting)."""
+    columns = [Column(t, sel.task_labels.get(t, t), task=True) for t in sel.tasks]
+    columns += [Column("avg", "Avg"), Column("trainable", "Trainable (method + head)"), Column("seeds", "Seeds")]
     forgetting = has_forgetting(sel.runs)
     if forgetting:  # a cost column: the rise of the generic-text loss after training (train.forgetting=true)
-        cols.append(FORGETTING_COLUMN)
-    out = []
+        columns.append(Column("forgetting", FORGETTING_COLUMN))
     nexp = len(sel.seeds) if sel.mode == "experiment" else None
+    csv = {(r["row"], r["task"]): r for r in stats.to_dict("records")}
+    out = []
     for label in sel.rows:
         st = stats[stats["row"] == label].set_index("task")
         runs = sel.runs[sel.runs["row"] == label] if not sel.runs.empty else sel.runs
-        ours = {sel.task_labels.get(t, t): _fmt(st.loc[t, "mean"], st.loc[t, "std"], int(st.loc[t, "n"]), nexp)
-                for t in sel.tasks}
-        ours["Avg"] = "-" if pd.isna(st.loc["avg", "mean"]) else f"{st.loc['avg', 'mean']:.2f}"
-        ours["Trainable (method + head)"] = (
-            f"{count_range(runs['trainable_method'])} + {count_range(runs['trainable_head'])}" if len(runs) else "-")
-        ours["Seeds"] = ",".join(str(int(s)) for s in sorted(runs["seed"].unique())) if len(runs) else "-"
+        cells = {}
+        for t in sel.tasks:
+            mean, std, n = st.loc[t, "mean"], st.loc[t, "std"], int(st.loc[t, "n"])
+            sub = runs[runs["task"] == t] if len(runs) else runs
+            cells[t] = Cell(_fmt(mean, std, n, nexp), value=_num(mean), std=_num(std), n=n,
+                            paper=st.loc[t, "paper"], delta=_num(st.loc[t, "delta"]),
+                            trainable=_median(sub["trainable"]) if len(sub) and "trainable" in sub else None,
+                            csv=csv[(label, t)])
+        avg = st.loc["avg", "mean"]
+        cells["avg"] = Cell("-" if pd.isna(avg) else f"{avg:.2f}", value=_num(avg), n=int(st.loc["avg", "n"]),
+                            paper=st.loc["avg", "paper"], delta=_num(st.loc["avg", "delta"]),
+                            trainable=_median(cells[t].trainable for t in sel.tasks), csv=csv[(label, "avg")])
+        low = [v for v in runs["trainable_method"] if v is not None and not pd.isna(v)] if len(runs) else []
+        cells["trainable"] = Cell(  # sorted by the method's smallest count
+            f"{count_range(runs['trainable_method'])} + {count_range(runs['trainable_head'])}" if len(runs) else "-",
+            value=float(min(low)) if low else None)
+        seeds = sorted(int(s) for s in runs["seed"].unique()) if len(runs) else []
+        cells["seeds"] = Cell(",".join(map(str, seeds)) if seeds else "-", value=float(len(seeds)) if seeds else None,
+                              n=len(seeds))
         if forgetting:
-            ours[FORGETTING_COLUMN] = forgetting_text(runs)
-        out.append({"Method": label, **ours})
+            vals = pd.to_numeric(runs["forgetting"], errors="coerce").dropna() if "forgetting" in runs.columns else []
+            cells["forgetting"] = Cell(forgetting_text(runs), value=float(vals.mean()) if len(vals) else None,
+                                       n=len(vals))
+        models = sorted({str(m) for m in runs["model"].dropna()}) if len(runs) and "model" in runs else []
+        row = Row(label, cells, method=str(runs["method"].iloc[0]) if len(runs) and "method" in runs else label,
+                  model=sel.meta.get("model") or (models[0] if len(models) == 1 else ", ".join(models)))
         spec = sel.row_specs.get(label, {})
         reported = spec.get("reported") or {}
         if reported:
-            paper_line = {sel.task_labels.get(t, t): (f"{reported[t]:.2f}" if reported.get(t) is not None else "-")
-                          for t in sel.tasks}
-            paper_line["Avg"] = f"{reported['avg']:.2f}" if reported.get("avg") is not None else "-"
-            paper_line["Trainable (method + head)"] = str(spec.get("params") or "-")
-            paper_line["Seeds"] = str(spec.get("paper_seeds") or (sel.paper or {}).get("paper_seeds") or "-")
+            paper = {t: Cell(f"{reported[t]:.2f}" if reported.get(t) is not None else "-", value=_num(reported.get(t)))
+                     for t in [*sel.tasks, "avg"]}
+            paper["trainable"] = Cell(str(spec.get("params") or "-"))
+            paper["seeds"] = Cell(str(spec.get("paper_seeds") or (sel.paper or {}).get("paper_seeds") or "-"))
             if forgetting:
-                paper_line[FORGETTING_COLUMN] = "-"
+                paper["forgetting"] = Cell("-")
             if sel.meta.get("variant"):  # another scale: the paper's numbers for orientation, no delta
-                out.append({"Method": "↳ paper (full scale)", **paper_line})
-                continue
-            out.append({"Method": "↳ paper", **paper_line})
-            delta = {sel.task_labels.get(t, t): _signed(st.loc[t, "delta"]) for t in sel.tasks}
-            delta["Avg"] = _signed(st.loc["avg", "delta"])
-            delta["Trainable (method + head)"] = ""
-            delta["Seeds"] = ""
-            if forgetting:
-                delta[FORGETTING_COLUMN] = ""
-            out.append({"Method": "↳ Δ (ours − paper)", **delta})
-    return pd.DataFrame(out, columns=["Method", *cols])
+                row.under.append(Row("↳ paper (full scale)", paper, kind="paper"))
+            else:
+                row.under.append(Row("↳ paper", paper, kind="paper"))
+                delta = {t: Cell(_signed(cells[t].delta), value=cells[t].delta) for t in [*sel.tasks, "avg"]}
+                delta.update({c.key: Cell("") for c in columns if c.key not in delta})
+                row.under.append(Row("↳ Δ (ours − paper)", delta, kind="delta"))
+        out.append(row)
+    return Table(columns, out, csv_columns=list(STAT_COLUMNS))
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    from tabulate import tabulate
-
-    # disable_numparse: "51.00" stays "51.00" (tabulate would print 51)
-    return tabulate(table.values.tolist(), headers=list(table.columns), tablefmt="github", disable_numparse=True)
-
-
-def _tex(s: Any) -> str:
-    s = str(s)
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
-                 ("{", r"\{"), ("}", r"\}")):
-        s = s.replace(a, b)
-    return (s.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "$-$").replace("–", "--")
-            .replace("↳", r"\quad"))
-
-
-def to_latex(table: pd.DataFrame, caption: str = "") -> str:
-    """A booktabs tabular (no pandas Styler / jinja needed)."""
-    ncol = len(table.columns)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "c" * (ncol - 1) + "}",
-             r"\toprule", " & ".join(_tex(c) for c in table.columns) + r" \\", r"\midrule"]
-    for row in table.values.tolist():
-        lines.append(" & ".join(_tex(v) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        lines.append(r"\caption{" + _tex(caption) + "}")
-    lines.append(r"\end{table}")
-    return "\n".join(lines)
+def display_table(sel: Selection, stats: pd.DataFrame) -> pd.DataFrame:
+    """The display frame of build (texts): rows (ours, the paper's, the delta), columns tasks + Avg + params."""
+    return build(sel, stats).frame()
 
 
 def header_lines(sel: Selection) -> list[str]:
