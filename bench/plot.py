@@ -11,7 +11,6 @@ The runs are chosen exactly as `bench table` chooses them (same arguments, same 
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -19,80 +18,53 @@ from bench.errors import BenchError
 
 
 def _grid(n: int) -> tuple[int, int]:
-    cols = min(n, 3)
-    return math.ceil(n / cols), cols
+    from bench.table.figure import grid
+
+    return grid(n)
 
 
-def _points(sel) -> dict[str, list[tuple[str, float, float, float]]]:
-    """task (and 'avg') -> [(row, trainable, mean, std)]."""
-    from bench.table.frame import score_of as _score
+def _points(sel, table=None) -> dict[str, list[tuple[str, float, float, float]]]:
+    """task (and 'avg') -> [(row, trainable, mean, std)], read from the table model (bench.table.render.build):
+    a cell with a score and a parameter count; the average for rows that have every task."""
+    from bench.table import build, cell_stats
 
-    runs = sel.runs
+    table = table if table is not None else build(sel, cell_stats(sel))
     out: dict[str, list] = {t: [] for t in [*sel.tasks, "avg"]}
-    complete: dict[str, list[float]] = {}
-    for row in sel.rows:
-        sub_row = runs[runs["row"] == row] if not runs.empty else runs
-        task_means, task_params = [], []
-        for task in sel.tasks:
-            sub = sub_row[sub_row["task"] == task] if len(sub_row) else sub_row
-            scores = [s for s in (_score(r, sel.metrics.get(task)) for _, r in sub.iterrows()) if not math.isnan(s)]
-            params = [float(r["trainable"]) for _, r in sub.iterrows() if r.get("trainable") == r.get("trainable")
-                      and r.get("trainable") is not None]
-            if not scores or not params:
-                continue
-            mean = sum(scores) / len(scores)
-            std = (sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) ** 0.5 if len(scores) > 1 else 0.0
-            p = sorted(params)[len(params) // 2]
-            out[task].append((row, p, mean, std))
-            task_means.append(mean)
-            task_params.append(p)
-        if sel.tasks and len(task_means) == len(sel.tasks):
-            complete[row] = task_means
-            out["avg"].append((row, sorted(task_params)[len(task_params) // 2], sum(task_means) / len(task_means), 0.0))
+    for row in table.rows:
+        have = [row.cells[c.key] for c in table.tasks
+                if row.cells[c.key].value is not None and row.cells[c.key].trainable is not None]
+        for c in table.tasks:
+            cell = row.cells[c.key]
+            if cell.value is not None and cell.trainable is not None:
+                out[c.key].append((row.label, cell.trainable, cell.value, cell.std or 0.0))
+        if sel.tasks and len(have) == len(sel.tasks):
+            out["avg"].append((row.label, row.cells["avg"].trainable, row.cells["avg"].value, 0.0))
     return out
 
 
-def score_vs_params(sel, path: Path) -> Path:
+def score_vs_params(sel, path: Path, table=None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
-    points = _points(sel)
+    from bench.table.figure import Panel, Point, Style, score_vs_cost
+
+    points = _points(sel, table)
     panels = [t for t in [*sel.tasks, "avg"] if points.get(t)]
     if not panels:
         raise BenchError("no ok run has both a score and a parameter count: nothing to plot")
-    nrows, ncols = _grid(len(panels))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
     colors = {row: plt.cm.tab10(i % 10) for i, row in enumerate(sel.rows)}
-    for ax, task in zip(axes.flat, panels):
-        for row, p, mean, std in points[task]:
-            ax.errorbar([p], [mean], yerr=[std] if std else None, fmt="o", color=colors[row], capsize=3, label=row)
-            ax.annotate(row, (p, mean), textcoords="offset points", xytext=(5, 4), fontsize=7)
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: readable, and far cheaper to lay out
-        title = "average over tasks" if task == "avg" else sel.task_labels.get(task, task)
-        metric = "" if task == "avg" else f" ({sel.metrics.get(task) or 'main metric'})"
-        ax.set_title(title + metric, fontsize=10)
-        ax.set_xlabel("trainable parameters (method + head, log)")
-        ax.set_ylabel("score x100")
-        ax.grid(True, which="both", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
-    fig.suptitle(_title(sel, "score vs trainable parameters"), fontsize=11)
-    fig.subplots_adjust(left=0.07, right=0.97, top=1 - 0.55 / fig.get_figheight(), bottom=0.9 / fig.get_figheight(),
-                        wspace=0.28, hspace=0.45)  # fixed margins: tight_layout measures every tick label
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+
+    def title(task):
+        if task == "avg":
+            return "average over tasks"
+        return sel.task_labels.get(task, task) + f" ({sel.metrics.get(task) or 'main metric'})"
+
+    drawn = [Panel(title(t), [Point(row, colors[row], p, mean, std if std else None) for row, p, mean, std in points[t]])
+             for t in panels]
+    return score_vs_cost(drawn, path, _title(sel, "score vs trainable parameters"),
+                         Style(xlabel="trainable parameters (method + head, log)"))
 
 
 def loss_curves(sel, path: Path) -> Path:

@@ -513,45 +513,36 @@ def summary_csv(st: Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plots(st: Study, out: Path) -> list[Path]:
-    import matplotlib
+def plots(st: Study, out: Path, table: Optional[Table] = None) -> list[Path]:
+    """score_vs_params.png and score_vs_step_time.png from the table model (study_table): per task, each method's
+    mean with its 95% interval and its seeds at the lr chosen on dev (bench.table.figure, the figure `bench plot`
+    draws)."""
+    from bench.table.figure import Panel, Point, Style, score_vs_cost
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    table = table if table is not None else study_table(st)
+    rows = [r for r in table.rows if r.kind == "method"]
     paths = []
     for key, xlabel, fname, logx in (("trainable", "trainable parameters (method + head)", "score_vs_params.png", True),
-                                     ("step_time_ms", "median step time (ms)", "score_vs_step_time.png", False)):
-        fig, axes = plt.subplots(1, len(st.tasks), figsize=(4.2 * len(st.tasks), 3.6), squeeze=False)
-        for ax, task in zip(axes[0], st.tasks):
-            for i, m in enumerate(st.methods):
-                c = st.cells[(st.cells["task"] == task) & (st.cells["method"] == m)]
-                if c.empty or not bool(c.iloc[0]["tuning_complete"]):
+                                     ("step_ms", "median step time (ms)", "score_vs_step_time.png", False)):
+        panels = []
+        for col in table.tasks:
+            points = []
+            for i, row in enumerate(rows):
+                c = row.cells[col.key]
+                x = getattr(c, key)
+                if c.value is None or x is None:  # tuning incomplete, or no such cost recorded
                     continue
-                c = c.iloc[0]
-                x = c[key][0] if isinstance(c[key], list) else c[key]
-                if _n(x):
-                    continue
-                rep = reported_runs(st, task, m)
-                ax.scatter([x] * len(rep), rep["score"], s=10, alpha=0.35, color=f"C{i}")
-                err = None if _n(c["ci_low"]) else [[c["mean"] - c["ci_low"]], [c["ci_high"] - c["mean"]]]
-                ax.errorbar([x], [c["mean"]], yerr=err, fmt="o", color=f"C{i}", capsize=3, label=m)
-            maj = majority(st, task)
-            if maj is not None:
-                ax.axhline(maj, color="grey", lw=0.8, ls="--", label="majority class")
-            info = st.task_info[task]
-            ax.set_title(f"{TASK_LABELS.get(task, task)} ({METRIC_LABELS.get(info['metric'], info['metric'])} x100)")
-            ax.set_xlabel(xlabel)
-            if logx:
-                ax.set_xscale("log")
-            ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"{st.name}: mean and 95% interval over seeds (dots: seeds), lr chosen on dev", fontsize=9)
-        fig.tight_layout()
-        path = out / fname
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+                err = None if c.low is None else (c.value - c.low, c.high - c.value)
+                points.append(Point(row.label, f"C{i}", x, c.value, err, c.scores))
+            maj = next(r.cells[col.key].value for r in table.rows if r.kind == "baseline")
+            info = st.task_info[col.key]
+            title = f"{TASK_LABELS.get(col.key, col.key)} ({METRIC_LABELS.get(info['metric'], info['metric'])} x100)"
+            panels.append(Panel(title, points, None if maj is None else (maj, "majority class")))
+        style = Style(xlabel=xlabel, logx=logx, ncols=len(panels), panel_size=(4.2, 3.6), title_size=None, ylabel=None,
+                      annotate=False, decades_only=False, grid_both=False, figure_legend=False, suptitle_size=9,
+                      margins=None, dpi=110)
+        title = f"{st.name}: mean and 95% interval over seeds (dots: seeds), lr chosen on dev"
+        paths.append(score_vs_cost(panels, out / fname, title, style))
     return paths
 
 
@@ -580,7 +571,7 @@ def write(st: Study, results, out: Path, command: str) -> list[Path]:
     pairs.to_csv(out / "pairs.csv", index=False)
     paths += [out / "summary.csv", out / "lr_choice.csv", out / "pairs.csv"]
     if not st.runs.empty:
-        paths += plots(st, out)
+        paths += plots(st, out, table)
         src = Path(results).resolve()
         if not (src.is_file() and src == (out / "records.jsonl.gz").resolve()):
             paths.append(export_records(st, out))
