@@ -1,4 +1,5 @@
-"""Render a Study (bench.study_table): Markdown + CSV summary, claims, plots, compressed records.
+"""Render a Study (bench.study_table): its table model (study_table, bench.table.model), the Markdown + CSV
+summary, claims, plots (bench.table.figure), compressed records.
 
 Written to ``results/studies/<name>/`` (``+tables_dir=`` to change):
 summary.md, summary.csv (one line per task x method), lr_choice.csv (every grid entry's dev mean),
