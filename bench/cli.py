@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import shlex
 import sys
 from pathlib import Path
 
 from bench.config.compose import CONF_DIR
+from registry import did_you_mean
 
 USAGE = """usage: python -m bench <command> [key=value ...]
 
@@ -68,8 +68,7 @@ def unknown_names_message(group: str, names: list[str], known: list[str]) -> str
     unknown = [n for n in names if n not in known]
     if not unknown:
         return None
-    hints = [f"{n!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(n, known, n=1)) else "")
-             for n in unknown]
+    hints = [f"{n!r}{did_you_mean(n, known)}" for n in unknown]
     return f"unknown {group} {', '.join(hints)}; known: {', '.join(known)}"
 
 
@@ -197,8 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        close = difflib.get_close_matches(cmd, list(COMMANDS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(cmd, COMMANDS, " Did you mean {!r}?")
         _fail(f"unknown command {cmd!r}.{hint} Commands: {', '.join(COMMANDS)}.\n\n{USAGE}")
     from bench.errors import BenchError
 

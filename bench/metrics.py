@@ -6,6 +6,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from registry import Registry
+
 
 def accuracy(preds, labels) -> float:
     return float(accuracy_score(labels, preds))
@@ -34,17 +36,17 @@ def spearman(preds, labels) -> float:
     return float(spearmanr(preds, labels)[0])
 
 
-METRICS = {
-    "accuracy": accuracy,
-    "f1": f1_positive,
-    "matthews": matthews,
-    "pearson": pearson,
-    "spearman": spearman,
-}
+#: metric name (as task configs write it: ``metrics: [f1, accuracy]``) -> fn(preds, labels) -> float
+METRICS: Registry = Registry(
+    "metric",
+    {"accuracy": accuracy, "f1": f1_positive, "matthews": matthews, "pearson": pearson, "spearman": spearman},
+    unknown="unknown metric {name!r}{hint}; known: {known}",
+    hint=" (did you mean {!r}?)",
+)
 
 
 def compute(names, preds, labels) -> dict[str, float]:
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise KeyError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
-    return {n: METRICS[n](preds, labels) for n in names}
+        raise KeyError(f"unknown metric(s) {unknown}; known: {METRICS.names()}")
+    return {n: METRICS.get(n)(preds, labels) for n in names}

@@ -8,16 +8,16 @@ peft method (methods/peft_generic.py) under their own name; a preset in a folder
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import pkgutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Type
+from typing import Any, Mapping, Optional, Type
 
 from methods.base import Method
+from registry import Registry, did_you_mean
 
-_REGISTRY: dict[str, Type[Method]] = {}
-_DISCOVERED = False
+__all__ = ["GENERIC", "METHODS", "PRESET_DIRS", "UnknownMethodError", "available", "did_you_mean", "get_method",
+           "is_method", "presets", "register"]
 #: folders whose ``<name>.yaml`` files with a ``peft_type`` key are presets of the generic peft method
 PRESET_DIRS: list[Path] = [Path(__file__).resolve().parents[1] / "conf" / "method"]
 GENERIC = "peft"
@@ -28,32 +28,31 @@ class UnknownMethodError(KeyError):
         return self.args[0]
 
 
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices``, or "" (the one suggestion helper of methods/)."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def _discover() -> None:
+    """Import every module of methods/ once: their ``@register`` decorators fill METHODS."""
+    import methods
+
+    for info in pkgutil.iter_modules(methods.__path__):
+        if info.name not in {"base", "registry", "targets", "options"}:
+            importlib.import_module(f"methods.{info.name}")
+
+
+#: the Python methods (Method subclasses) by name; the one-YAML peft presets are served by GENERIC (get_method)
+METHODS: Registry[Type[Method]] = Registry(
+    "method",
+    discover=_discover,
+    error=UnknownMethodError,
+    unknown="Unknown method {name!r}.{hint} Valid methods: {known} "
+    "(choose one with method=<name>, or method=peft method.peft_type=<TYPE>).",
+)
 
 
 def register(cls: Type[Method]) -> Type[Method]:
     """Class decorator: ``@register`` on a Method subclass with a ``name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"method name {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
+    METHODS.add(cls.name, cls)
     return cls
-
-
-def _discover() -> None:
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    import methods
-
-    for info in pkgutil.iter_modules(methods.__path__):
-        if info.name not in {"base", "registry", "targets"}:
-            importlib.import_module(f"methods.{info.name}")
-    _DISCOVERED = True
 
 
 def presets() -> dict[str, str]:
@@ -75,30 +74,21 @@ def presets() -> dict[str, str]:
 def available() -> list[str]:
     """Every method name: the Python methods and the one-YAML peft presets (a name starting with '_' is private: a
     test's own registration, reachable by get_method, never listed)."""
-    _discover()
-    return sorted(n for n in set(_REGISTRY) | set(presets()) if not n.startswith("_"))
+    return sorted(set(METHODS.names()) | {n for n in presets() if not n.startswith("_")})
 
 
 def is_method(name: str) -> bool:
     """A registered method or preset, private ('_' names, a test's own) included."""
-    _discover()
-    return name in _REGISTRY or name in presets()
+    return name in METHODS or name in presets()
 
 
 def get_method(name: str, cfg: Optional[Mapping[str, Any]] = None) -> Method:
     """The method called ``name``. ``cfg`` (the method's config): a name no Python method has is a peft preset when
     its config carries ``peft_type`` (a preset from the user's own search-path folder)."""
-    _discover()
-    if name in _REGISTRY:
-        return _REGISTRY[name]()
+    if name in METHODS:
+        return METHODS.get(name)()
     if name in presets() or (cfg is not None and cfg.get("peft_type")):
-        method = _REGISTRY[GENERIC]()
+        method = METHODS.get(GENERIC)()
         method.name = name
         return method
-    known = available()
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise UnknownMethodError(
-        f"Unknown method {name!r}.{hint} Valid methods: {', '.join(known)} "
-        f"(choose one with method=<name>, or method=peft method.peft_type=<TYPE>)."
-    )
+    raise METHODS.unknown(name, available())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 
 from omegaconf import DictConfig, OmegaConf
@@ -11,6 +10,7 @@ from bench.config.compose import compose
 from bench.config.identity import run_identity
 from bench.config.overrides import method_overrides_for, split_overrides
 from bench.errors import BenchError
+from registry import did_you_mean
 
 FLOOR = "frozen"  # the pseudo-method of the frozen floor (bench/perf/session.py), not in the registry
 GROUP = "+perf=default"  # conf/perf/default.yaml, added to the root config only when perf composes it
@@ -38,10 +38,7 @@ def perf_options(perf_overrides: list[str]) -> DictConfig:
         unknown = [k for k in dict.fromkeys(given) if k not in known]
         if not unknown:
             raise
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, known, n=1)
-            hints.append(f"perf.{k}" + (f" (did you mean perf.{close[0]}?)" if close else ""))
+        hints = [f"perf.{k}{did_you_mean(k, known, ' (did you mean perf.{}?)')}" for k in unknown]
         raise BenchError(f"unknown perf option(s): {', '.join(hints)}. Options: "
                          + ", ".join(f"perf.{k}" for k in known)) from None
     problems = []
@@ -73,8 +70,7 @@ def method_configs(methods: list[str], method_ov: list[str], rest: list[str], p:
     known = available()
     for m in methods:
         if m != FLOOR and m not in known:
-            close = difflib.get_close_matches(m, known + [FLOOR], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(m, known + [FLOOR], " Did you mean {!r}?")
             raise BenchError(f"Unknown method {m!r}.{hint} Valid: {', '.join(known)} (and the floor {FLOOR!r}).")
     used: set[str] = set()
     out: dict[str, dict] = {}

@@ -9,7 +9,6 @@ name a study's records.jsonl.gz. perf_dir= is where `bench perf` records are loo
 
 from __future__ import annotations
 
-import difflib
 import shlex
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from bench import stats
 from bench.errors import BenchError
+from registry import did_you_mean
 
 REPORT_KEYS = ("report_dir", "perf_dir", "n_boot")
 
@@ -40,8 +40,7 @@ def _check_experiment(argv: list[str]) -> None:
         if key == "experiment" and name not in ("", "null"):
             known = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
             if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f" Did you mean experiment={close[0]}?" if close else ""
+                hint = did_you_mean(name, known, " Did you mean experiment={}?")
                 raise BenchError(f"unknown experiment {name!r}.{hint} Known: {', '.join(known)}")
 
 

@@ -7,7 +7,8 @@ from typing import Any, Mapping
 from torch import nn
 
 from methods.base import Method, MethodConfigError, MethodContext
-from methods.registry import did_you_mean, register
+from methods.registry import register
+from registry import did_you_mean
 from methods.targets import resolve_targets
 
 from .config import NON_LINEARITIES, BottleneckConfig

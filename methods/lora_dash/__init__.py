@@ -19,7 +19,6 @@ Design choices (see the module docstrings for details):
 
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import Any, Mapping
 
@@ -29,6 +28,7 @@ from methods.lora_dash.config import LORA_DASH, LoraDashConfig
 from methods.lora_dash.layer import DashLinear
 from methods.lora_dash.model import LoraDashModel, dash_layers, is_switched, switch_step, switch_to_dash
 from methods.registry import register
+from registry import did_you_mean
 from methods.targets import resolve_targets
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,7 @@ class LoraDash(Method):
     def validate(self, cfg: Mapping[str, Any]) -> None:
         unknown = sorted(set(cfg) - _KNOWN)
         if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, sorted(_KNOWN), n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hints = [f"{k!r}{did_you_mean(k, sorted(_KNOWN))}" for k in unknown]
             raise MethodConfigError(
                 f"unknown lora_dash option(s): {', '.join(hints)}; valid options: {', '.join(sorted(_KNOWN - {'name'}))}"
             )

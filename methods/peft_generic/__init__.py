@@ -28,7 +28,8 @@ from torch import nn
 from methods.base import Method, MethodConfigError, MethodContext
 from methods.peft_generic.adalora import AdaLoraAllocatorCallback, resolve_schedule
 from methods.peft_generic.milora import INIT_ATTR, is_mutating, milora_init, save_converted, snapshot_initial
-from methods.registry import did_you_mean, register
+from methods.registry import register
+from registry import did_you_mean
 from methods.targets import ROLES, resolve_targets
 
 __all__ = ["AdaLoraAllocatorCallback", "PeftMethod", "config_class", "milora_init"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any, Mapping
 
@@ -10,6 +9,7 @@ from torch import nn
 
 from methods.base import Method, MethodConfigError, MethodContext
 from methods.registry import register
+from registry import did_you_mean
 
 from .config import PropulsionConfig, paper_degree, paper_train_head
 
@@ -44,7 +44,8 @@ def resolve_degree(value: Any, task_name: str) -> int:
         if degree is None:
             raise MethodConfigError(
                 f"method.degree=auto has no paper preset for task {task_name!r} (presets: SST-2/QQP/RTE 15, "
-                "QNLI/MRPC 55, CoLA/MNLI/STS-B 20, SQuAD 35, math/commonsense reasoning 15); set method.degree=<int>."
+                "QNLI/MRPC 55, CoLA/MNLI/STS-B 20, SQuAD 35, math/commonsense reasoning 15); set method.degree=<int>, "
+                "or give the task its degree in conf/propulsion_paper.yaml."
             )
         return degree
     return int(value)
@@ -65,8 +66,7 @@ class PropulsionMethod(Method):
     def validate(self, cfg: Mapping[str, Any]) -> None:
         unknown = [k for k in cfg if k not in CONFIG_KEYS]
         if unknown:
-            hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, CONFIG_KEYS, n=1)[0]!r}?)"
-                     if difflib.get_close_matches(k, CONFIG_KEYS, n=1) else repr(k) for k in unknown]  # fmt: skip
+            hints = [f"{k!r}{did_you_mean(k, CONFIG_KEYS)}" for k in unknown]
             raise MethodConfigError(
                 f"unknown propulsion option(s): {', '.join(hints)}; valid options: {', '.join(CONFIG_KEYS[1:])}."
             )
