@@ -352,6 +352,33 @@ def test_auto_train_head_is_false_except_stsb():
     assert P.resolve_train_head(True, "sst2") is True
 
 
+def test_degrees_come_from_the_yaml_for_every_task_of_conf():
+    """conf/propulsion_paper.yaml is the table: every task of conf/task/ has its degree there, read by methods/ alone."""
+    import yaml
+
+    root = P.config.PAPER_FILE.parents[0]
+    table = yaml.safe_load(P.config.PAPER_FILE.read_text())["degrees"]
+    assert P.paper_degrees() == table and table["qnli"] == 55
+    for task in sorted((root / "task").glob("*.yaml")):
+        assert P.resolve_degree("auto", task.stem) == table[P.config.normalize_task_name(task.stem)], task.stem
+
+
+def test_a_new_task_needs_only_a_line_of_yaml(tmp_path, monkeypatch):
+    """A task the paper never ran gets its degree (and head rule) from the YAML: no Python changes."""
+    paper = tmp_path / "propulsion_paper.yaml"
+    paper.write_text(P.config.PAPER_FILE.read_text().replace("  sst2: 15\n", "  sst2: 15\n  my_task: 7\n")
+                     .replace("head_trains: [stsb]", "head_trains: [stsb, my_task]"))
+    with pytest.raises(MethodConfigError, match="conf/propulsion_paper.yaml"):
+        P.resolve_degree("auto", "my-task")
+    monkeypatch.setattr(P.config, "PAPER_FILE", paper)
+    assert P.resolve_degree("auto", "my-task") == 7 and P.resolve_train_head("auto", "my_task") is True
+    model = get_method("propulsion").apply(roberta(), {"name": "propulsion"}, ctx("my_task"))
+    assert model.peft_config["default"].degree == 7 and model.peft_config["default"].modules_to_save == ["classifier"]
+    paper.write_text("degrees: {my_task: 0}\n")
+    with pytest.raises(ValueError, match="positive integers"):
+        P.paper_degree("my_task")
+
+
 def ctx(task_name="sst2", task_type="seq_cls", head=("classifier",)):
     return MethodContext(task_type=task_type, task_name=task_name, model_type="roberta", head_modules=list(head))
 

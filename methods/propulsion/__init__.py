@@ -11,7 +11,7 @@ After ``import methods.propulsion`` plain peft code works::
 
 from methods.peft_compat import register_tuner
 
-from .config import PAPER_DEGREES, PropulsionConfig, paper_degree, paper_train_head
+from .config import PropulsionConfig, paper_degree, paper_degrees, paper_train_head
 from .layer import Embedding, Linear, PropulsionLayer
 from .model import PropulsionModel
 
@@ -20,7 +20,6 @@ register_tuner("propulsion", PropulsionConfig, PropulsionModel)
 from .method import PropulsionMethod, resolve_degree, resolve_train_head  # noqa: E402  (registers "propulsion")
 
 __all__ = [
-    "PAPER_DEGREES",
     "Embedding",
     "Linear",
     "PropulsionConfig",
@@ -28,6 +27,7 @@ __all__ = [
     "PropulsionMethod",
     "PropulsionModel",
     "paper_degree",
+    "paper_degrees",
     "paper_train_head",
     "resolve_degree",
     "resolve_train_head",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Union
 
 from peft.config import PeftConfig
@@ -14,39 +16,48 @@ PEFT_TYPE_NAME = "PROPULSION"
 
 PROPULSION = peft_type(PEFT_TYPE_NAME)  # methods/peft_compat.py
 
-# Degrees used in the paper's experiments, keyed by a normalised task name (lower case, letters and digits only).
-# GLUE: SST-2 / QQP / RTE 15, QNLI / MRPC 55, other GLUE tasks 20; SQuAD 35; LLM reasoning 15.
-_GLUE_20 = ("cola", "mnli", "mnlimatched", "mnlimismatched", "mnlim", "mnlimm", "stsb", "wnli", "ax")
-_REASONING = (
-    # math word problems
-    "gsm8k", "gsmsymbolic", "math", "svamp", "aqua", "aquarat", "mawps", "addsub", "singleeq", "multiarith",
-    # commonsense reasoning (LLM-Adapters suite)
-    "commonsense", "commonsense170k", "boolq", "piqa", "siqa", "socialiqa", "hellaswag", "winogrande",
-    "arc", "arce", "arceasy", "arcc", "arcchallenge", "obqa", "openbookqa",
-)  # fmt: skip
-PAPER_DEGREES: dict[str, int] = {
-    **{t: 15 for t in ("sst2", "qqp", "rte")},
-    **{t: 55 for t in ("qnli", "mrpc")},
-    **{t: 20 for t in _GLUE_20},
-    **{t: 35 for t in ("squad", "squadv1", "squadv11", "squadv2", "squad2")},
-    **{t: 15 for t in _REASONING},
-}
-# Tasks whose head trains in the authors' protocol (all other GLUE heads stay frozen and are only scaled).
-HEAD_TRAINS_IN_PAPER = ("stsb",)
+#: the paper's per-task degrees and head rule (a YAML, so that a new task needs no Python); read on use
+PAPER_FILE = Path(__file__).resolve().parents[2] / "conf" / "propulsion_paper.yaml"
 
 
 def normalize_task_name(task_name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", (task_name or "").lower())
 
 
-def paper_degree(task_name: str) -> Optional[int]:
+@functools.lru_cache(maxsize=8)
+def _read_paper_file(path: str, mtime_ns: int, size: int) -> tuple[dict[str, int], tuple[str, ...]]:
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    degrees = data.get("degrees") or {}
+    bad = {k: v for k, v in degrees.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+    if not isinstance(degrees, dict) or bad:
+        raise ValueError(f"{path}: degrees must map task names to positive integers (got {bad or degrees!r})")
+    heads = data.get("head_trains") or []
+    return ({normalize_task_name(str(k)): v for k, v in degrees.items()},
+            tuple(normalize_task_name(str(t)) for t in heads))
+
+
+def _paper(path: Optional[Union[str, Path]] = None) -> tuple[dict[str, int], tuple[str, ...]]:
+    path = Path(path or PAPER_FILE)
+    stat = path.stat()  # the cache key: an edited file is read again
+    return _read_paper_file(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def paper_degrees(path: Optional[Union[str, Path]] = None) -> dict[str, int]:
+    """Normalised task name -> the paper's degree, from ``path`` (default PAPER_FILE, conf/propulsion_paper.yaml)."""
+    return dict(_paper(path)[0])
+
+
+def paper_degree(task_name: str, path: Optional[Union[str, Path]] = None) -> Optional[int]:
     """The paper's degree for a task, or None when the paper gives none (e.g. an unknown task)."""
-    return PAPER_DEGREES.get(normalize_task_name(task_name))
+    return _paper(path)[0].get(normalize_task_name(task_name))
 
 
-def paper_train_head(task_name: str) -> bool:
-    """The authors' GLUE protocol: the task head's weights stay frozen except for STS-B."""
-    return normalize_task_name(task_name) in HEAD_TRAINS_IN_PAPER
+def paper_train_head(task_name: str, path: Optional[Union[str, Path]] = None) -> bool:
+    """The authors' GLUE protocol: the task head's weights stay frozen except for the tasks in ``head_trains``
+    (STS-B)."""
+    return normalize_task_name(task_name) in _paper(path)[1]
 
 
 @dataclass
