@@ -21,6 +21,7 @@ def method_context(model, task_type: str, cfg: Optional[DictConfig] = None, *, t
     from bench.data import default_cache_dir
     from bench.models import head_modules
     from methods import MethodContext
+    from methods.base import task_trains_head
 
     task = cfg.task if cfg is not None else {}
     if cache_dir is None and cfg is not None:
@@ -32,7 +33,7 @@ def method_context(model, task_type: str, cfg: Optional[DictConfig] = None, *, t
         task_name=str(task.get("name") or ""),
         model_type=model.config.model_type,
         head_modules=head_modules(model) if heads is None else list(heads),
-        train_head=task_type != "causal_lm",
+        train_head=task_trains_head(task_type),
         total_steps=total_steps,
         seed=int(seed),
         num_labels=task.get("num_labels"),

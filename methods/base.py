@@ -35,7 +35,7 @@ class MethodContext:
     task_name: str = ""  # e.g. "sst2", "squad", "gsm8k" (for per-task presets such as Propulsion's degree)
     model_type: str = ""  # transformers config.model_type: "bert", "roberta", "deberta-v2", "llama", ...
     head_modules: list[str] = field(default_factory=list)  # module names of the task head, e.g. ["classifier"]
-    train_head: bool = True  # does the task head's own weights train (methods may override by preset)
+    train_head: bool = True  # do the task head's own weights train (task_trains_head; methods may override by preset)
     total_steps: Optional[int] = None  # optimizer steps of the run
     seed: int = 0
     cache_dir: str = ".cache/bench"  # where a method may cache (e.g. SVDs)
@@ -48,9 +48,21 @@ class Method:
     name: ClassVar[str] = ""
     #: peft-style task types this method supports
     supports: ClassVar[tuple[str, ...]] = ("seq_cls", "qa", "causal_lm")
+    #: the method's typed options (a methods.options.Options subclass, defaults in conf/method/<name>.yaml); None
+    #: for a method that reads its config itself (the peft presets: their typed config is the peft config)
+    options_class: ClassVar[Optional[type]] = None
+
+    def options(self, cfg: Mapping[str, Any]) -> Any:
+        """``cfg`` as this method's typed options: unknown keys refused, absent ones from the preset, checked."""
+        if self.options_class is None:
+            raise NotImplementedError(f"{type(self).__name__} declares no options_class")
+        return self.options_class.parse(cfg, self.name)
 
     def validate(self, cfg: Mapping[str, Any]) -> None:
-        """Raise MethodConfigError for out-of-range hyperparameters."""
+        """Raise MethodConfigError for unknown options and out-of-range hyperparameters (by default: parse the
+        options)."""
+        if self.options_class is not None:
+            self.options(cfg)
 
     def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: MethodContext) -> nn.Module:
         raise NotImplementedError
@@ -104,6 +116,25 @@ def is_head(name: str, head_modules: Iterable[str]) -> bool:
     ("base_model.model.classifier.weight"). The one test of "head" for the methods and the parameter counts."""
     dotted = "." + name
     return any(name == h or name.startswith(h + ".") or f".{h}." in dotted for h in head_modules)
+
+
+def task_trains_head(task_type: str) -> bool:
+    """What the task decides (MethodContext.train_head): a classification / QA head is new and trains, an LM head
+    (the pretrained output embedding) does not."""
+    return task_type != "causal_lm"
+
+
+def trains_head(train_head: Any, auto: bool) -> bool:
+    """The one "train the head" rule of every method's ``train_head`` option: true / false say it, ``auto`` leaves it
+    to ``auto`` (the task's ``ctx.train_head``, or a method's own rule such as Propulsion's paper protocol)."""
+    return bool(auto) if train_head == "auto" else bool(train_head)
+
+
+def head_to_save(train_head: Any, ctx: MethodContext, auto: Optional[bool] = None) -> Optional[list[str]]:
+    """The head modules that train densely (peft ``modules_to_save``) under :func:`trains_head` (``auto`` default:
+    ``ctx.train_head``), or None."""
+    trains = trains_head(train_head, ctx.train_head if auto is None else auto)
+    return list(ctx.head_modules) if (trains and ctx.head_modules) else None
 
 
 def set_head_trainable(model: nn.Module, head_modules: list[str], trainable: bool = True) -> list[str]:

@@ -2,51 +2,75 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from methods.base import Method, MethodConfigError, MethodContext
+from methods.base import Method, MethodConfigError, MethodContext, head_to_save
+from methods.options import Options, check_train_head
 from methods.registry import register
 from methods.targets import resolve_targets
 
 
-def _head_to_save(cfg: Mapping[str, Any], ctx: MethodContext) -> list[str] | None:
-    train_head = cfg.get("train_head", "auto")
-    if train_head == "auto":
-        train_head = ctx.train_head
-    return list(ctx.head_modules) if (train_head and ctx.head_modules) else None
+@dataclass(frozen=True)
+class LoraOptions(Options):
+    """conf/method/lora.yaml"""
+
+    r: Any
+    alpha: Any
+    dropout: Any
+    target_roles: Any
+    target_modules: Any
+    bias: Any
+    use_rslora: Any
+    train_head: Any
+
+    def check(self) -> None:
+        if int(self.r or 0) <= 0:
+            raise MethodConfigError(f"method.r must be a positive integer (got {self.r}); e.g. method.r=8")
+        if float(self.alpha or 0) <= 0:
+            raise MethodConfigError(f"method.alpha must be > 0 (got {self.alpha}); e.g. method.alpha=16")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise MethodConfigError(f"method.dropout must be in [0, 1) (got {self.dropout})")
+        check_train_head(self.train_head)
+
+
+@dataclass(frozen=True)
+class IA3Options(Options):
+    """conf/method/ia3.yaml"""
+
+    target_modules: Any
+    feedforward_modules: Any
+    train_head: Any
+
+    def check(self) -> None:
+        check_train_head(self.train_head)
 
 
 @register
 class LoRA(Method):
-    """peft LoRA; defaults are the LoRA paper's GLUE setting (r=8, alpha 16, dropout 0.1 on query/value)."""
+    """peft LoRA; defaults (conf/method/lora.yaml) are the LoRA paper's GLUE setting (r=8, alpha 16, dropout 0.1 on
+    query/value)."""
 
     name = "lora"
-
-    def validate(self, cfg):
-        if int(cfg.get("r", 0)) <= 0:
-            raise MethodConfigError(f"method.r must be a positive integer (got {cfg.get('r')}); e.g. method.r=8")
-        if float(cfg.get("alpha", 0)) <= 0:
-            raise MethodConfigError(f"method.alpha must be > 0 (got {cfg.get('alpha')}); e.g. method.alpha=16")
-        if not 0.0 <= float(cfg.get("dropout", 0.0)) < 1.0:
-            raise MethodConfigError(f"method.dropout must be in [0, 1) (got {cfg.get('dropout')})")
+    options_class = LoraOptions
 
     def peft_config(self, cfg, ctx: MethodContext):
         from peft import LoraConfig
 
+        o: LoraOptions = self.options(cfg)
         return LoraConfig(
-            r=int(cfg["r"]),
-            lora_alpha=float(cfg["alpha"]),
-            lora_dropout=float(cfg.get("dropout", 0.0)),
-            target_modules=resolve_targets(ctx.model_type, cfg.get("target_modules"), cfg.get("target_roles", ["q", "v"])),
-            bias=cfg.get("bias", "none"),
-            modules_to_save=_head_to_save(cfg, ctx),
-            use_rslora=bool(cfg.get("use_rslora", False)),
+            r=int(o.r),
+            lora_alpha=float(o.alpha),
+            lora_dropout=float(o.dropout),
+            target_modules=resolve_targets(ctx.model_type, o.target_modules, o.target_roles),
+            bias=o.bias,
+            modules_to_save=head_to_save(o.train_head, ctx),
+            use_rslora=bool(o.use_rslora),
         )
 
     def apply(self, model, cfg, ctx: MethodContext):
         from peft import get_peft_model
 
-        self.validate(cfg)
         return get_peft_model(model, self.peft_config(cfg, ctx))
 
 
@@ -55,16 +79,17 @@ class IA3(Method):
     """peft IA3; default targets are peft's per-architecture defaults (key, value, FFN output)."""
 
     name = "ia3"
+    options_class = IA3Options
 
     def apply(self, model, cfg, ctx: MethodContext):
         from peft import IA3Config, get_peft_model
 
-        target = cfg.get("target_modules")
-        ff = cfg.get("feedforward_modules")
+        o: IA3Options = self.options(cfg)
+        target, ff = o.target_modules, o.feedforward_modules
         config = IA3Config(
             target_modules=list(target) if target and not isinstance(target, str) else target,
             feedforward_modules=list(ff) if ff and not isinstance(ff, str) else ff,
-            modules_to_save=_head_to_save(cfg, ctx),
+            modules_to_save=head_to_save(o.train_head, ctx),
         )
         if target is None and ctx.model_type not in _peft_ia3_defaults():
             raise MethodConfigError(

@@ -15,13 +15,16 @@ min(budget, entries) entries are ever trained.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from methods.base import MethodConfigError, MethodContext
-from methods.id3 import ID3, _plan
+from methods.base import MethodConfigError, MethodContext, trains_head
+from methods.id3 import ID3, ID3Options, _plan
+from methods.options import Options, check_train_head
 from methods.registry import register
 
 _MASK_ATTR = "_fixed_mask"
@@ -53,24 +56,41 @@ def smallest_k(tensors: list[torch.Tensor], k: int, key) -> list[torch.Tensor]:
     return [held_p[(held_p >= offsets[i]) & (held_p < offsets[i + 1])] - offsets[i] for i in range(len(tensors))]
 
 
+@dataclass(frozen=True)
+class FixedMaskOptions(Options):
+    """conf/method/pafi.yaml / random_mask.yaml"""
+
+    budget: Any
+    scope: Any
+    in_backward: Any
+    train_head: Any
+
+    def check(self) -> None:
+        check_train_head(self.train_head)
+        self.id3().check()
+
+    def id3(self, budget: Any = None) -> ID3Options:
+        """The ID3 plan of a fixed mask: the static schedule, no base, the given budget (default: the option)."""
+        return ID3Options(budget=self.budget if budget is None else budget, T=None, schedule="static", eps=1e-3,
+                          exp=0, scope=self.scope, base=None, base_cfg={}, in_backward=self.in_backward)
+
+
+@dataclass(frozen=True)
+class BitFitOptions(FixedMaskOptions):
+    """conf/method/bitfit.yaml: the budget is every bias entry, not an option"""
+
+    budget: Any = dataclasses.field(default="all", init=False)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(k for k in super().keys() if k != "budget")
+
+
 class FixedMask(ID3):
     """An ID3 plan with the static schedule whose whole mask is chosen in apply (not from gradients)."""
 
     name = ""
-    options: tuple[str, ...] = ("budget", "scope", "in_backward", "train_head")
-
-    def validate(self, cfg: Mapping[str, Any]) -> None:
-        if cfg.get("_fixed_mask"):  # the ID3 config this method hands to ID3's own hooks
-            return super().validate(cfg)
-        unknown = sorted(set(cfg) - set(self.options) - {"name"})
-        if unknown:
-            raise MethodConfigError(f"unknown {self.name} option(s) {unknown}; valid options: {', '.join(self.options)}")
-        super().validate(self._id3_cfg(cfg))
-
-    def _id3_cfg(self, cfg: Mapping[str, Any]) -> dict:
-        return {"budget": cfg.get("budget", "all"), "scope": cfg.get("scope", "backbone"), "schedule": "static",
-                "T": None, "eps": 1e-3, "exp": 0, "base": None, "in_backward": cfg.get("in_backward", "auto"),
-                "_fixed_mask": True}
+    options_class = FixedMaskOptions
 
     def eligible(self, name: str) -> bool:
         return True
@@ -79,10 +99,9 @@ class FixedMask(ID3):
         raise NotImplementedError
 
     def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: MethodContext) -> nn.Module:
-        self.validate(cfg)
-        if cfg.get("train_head", "auto") != "auto":
-            ctx = MethodContext(**{**ctx.__dict__, "train_head": bool(cfg["train_head"])})
-        model = ID3.apply(self, model, self._id3_cfg(cfg), ctx)
+        o: FixedMaskOptions = self.options(cfg)
+        ctx = dataclasses.replace(ctx, train_head=trains_head(o.train_head, ctx.train_head))
+        model = ID3.apply(self, model, o.id3(), ctx)
         plan = _plan(model)
         params = dict(model.named_parameters())
         for n in plan.scope_names:
@@ -94,7 +113,7 @@ class FixedMask(ID3):
         plan.scope_entries = sum(params[n].numel() for n in plan.scope_names)
         from methods.id3 import resolve_budget
 
-        plan.budget = resolve_budget(self._id3_cfg(cfg)["budget"], plan.scope_entries)
+        plan.budget = resolve_budget(o.budget, plan.scope_entries)
         if any(params[n].is_meta for n in plan.scope_names):
             return model  # bench params: shapes only, the count is the budget
         tensors = [params[n].detach() for n in plan.scope_names]
@@ -109,7 +128,7 @@ class FixedMask(ID3):
         return model
 
     def create_optimizer(self, model, cfg, ctx, train_cfg):
-        opt = super().create_optimizer(model, self._id3_cfg(cfg), ctx, train_cfg)
+        opt = super().create_optimizer(model, self.options(cfg).id3(), ctx, train_cfg)
         mask = model.__dict__[_MASK_ATTR]  # tensor -> its masked flat indices (the optimizer orders tensors its own way)
         news = [mask[id(p)] for p in opt.selective_params]
         assert sum(m.numel() for m in news) == _plan(model).budget
@@ -117,7 +136,7 @@ class FixedMask(ID3):
         return opt
 
     def record_state(self, model, cfg) -> dict:
-        state = super().record_state(model, self._id3_cfg(cfg))
+        state = super().record_state(model, self.options(cfg).id3())
         state["mask"] = self.name
         return state
 
@@ -125,16 +144,13 @@ class FixedMask(ID3):
 @register
 class BitFit(FixedMask):
     name = "bitfit"
-    options = ("scope", "in_backward", "train_head")
+    options_class = BitFitOptions
 
     def eligible(self, name: str) -> bool:
         return name.endswith("bias")
 
     def key(self, ctx):
         return lambda i, t: torch.zeros(t.numel())  # every bias entry (budget = all)
-
-    def _id3_cfg(self, cfg):
-        return {**super()._id3_cfg(cfg), "budget": "all"}
 
 
 @register

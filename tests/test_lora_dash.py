@@ -127,9 +127,17 @@ def test_validate_rejects(bad, needle):
         get_method("lora_dash").validate(_cfg(**bad))
 
 
-def test_a_missing_option_names_the_yaml_that_gives_it():
+def test_a_missing_option_comes_from_the_yaml_and_names_it_when_the_yaml_lacks_it(tmp_path, monkeypatch):
+    import methods.options
+
     cfg = _cfg()
     del cfg["svd_cache"], cfg["t"]
+    options = get_method("lora_dash").options(cfg)  # conf/method/lora_dash.yaml fills them in
+    assert options.t == 100 and options.svd_cache is True and options.r == 4
+    preset = (Path(__file__).resolve().parents[1] / "conf" / "method" / "lora_dash.yaml").read_text()
+    (tmp_path / "lora_dash.yaml").write_text("\n".join(line for line in preset.splitlines()
+                                                        if not line.startswith(("t:", "svd_cache:"))))
+    monkeypatch.setattr(methods.options, "PRESET_DIR", tmp_path)
     with pytest.raises(MethodConfigError, match=r"t, svd_cache missing: conf/method/lora_dash.yaml"):
         get_method("lora_dash").validate(cfg)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from torch import nn
 
-from methods.base import Method, MethodConfigError, MethodContext
+from methods.base import Method, MethodConfigError, MethodContext, head_to_save
+from methods.options import Options, check_train_head
 from methods.registry import register
 from registry import did_you_mean
 from methods.targets import resolve_targets
@@ -15,8 +17,6 @@ from .config import NON_LINEARITIES, BottleneckConfig
 from .layer import CANNOT_MERGE
 from .placement import SUBLAYER_INPUTS
 
-CONFIG_KEYS = ("r", "non_linearity", "scaling", "target_roles", "target_modules", "train_head", "lr_grid")
-_KNOWN = ("name", *CONFIG_KEYS)
 _PEFT_TASK_TYPE = {"causal_lm": "CAUSAL_LM"}
 
 
@@ -26,36 +26,48 @@ def closed_form(d: int, r: int, adapters: int) -> int:
     return adapters * (2 * d * r + r + d)
 
 
-class BottleneckMethod(Method):
-    """Shared by the two modes; a subclass fixes ``mode``."""
+@dataclass(frozen=True)
+class BottleneckOptions(Options):
+    """conf/method/adapter_series.yaml / adapter_parallel.yaml"""
 
-    mode = "series"
+    r: Any
+    non_linearity: Any
+    scaling: Any
+    target_roles: Any
+    target_modules: Any
+    train_head: Any
 
-    def validate(self, cfg: Mapping[str, Any]) -> None:
-        unknown = [k for k in cfg if k not in _KNOWN]
-        if unknown:
-            hints = ", ".join(f"{k!r}{did_you_mean(k, CONFIG_KEYS)}" for k in unknown)
-            raise MethodConfigError(f"unknown {self.name} option(s): {hints}; valid options: {', '.join(CONFIG_KEYS)}")
-        r = cfg.get("r", 64)
+    def check(self) -> None:
+        r = self.r
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise MethodConfigError(f"method.r (bottleneck size) must be a positive integer, got {r!r}; e.g. method.r=64")
-        act = cfg.get("non_linearity", "relu")
+        act = self.non_linearity
         if act not in NON_LINEARITIES:
             raise MethodConfigError(
                 f"method.non_linearity={act!r}{did_you_mean(act, NON_LINEARITIES)} is not one of {', '.join(NON_LINEARITIES)}"
             )
-        scaling = cfg.get("scaling", 1.0)
+        scaling = self.scaling
         if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not scaling > 0:
             raise MethodConfigError(f"method.scaling must be a number > 0, got {scaling!r}; e.g. method.scaling=1.0")
-        if not cfg.get("target_modules") and not cfg.get("target_roles"):
+        if not self.target_modules and not self.target_roles:
             raise MethodConfigError("set method.target_roles (e.g. [o, down]) or method.target_modules")
-        if cfg.get("train_head", "auto") not in ("auto", True, False):
-            raise MethodConfigError(f"method.train_head must be auto, true or false (got {cfg.get('train_head')!r})")
+        check_train_head(self.train_head)
+
+
+#: the option names (BottleneckOptions' fields)
+CONFIG_KEYS = BottleneckOptions.keys()
+
+
+class BottleneckMethod(Method):
+    """Shared by the two modes; a subclass fixes ``mode``."""
+
+    mode = "series"
+    options_class = BottleneckOptions
 
     def peft_config(self, cfg: Mapping[str, Any], ctx: MethodContext) -> BottleneckConfig:
-        self.validate(cfg)
+        o: BottleneckOptions = self.options(cfg)
         try:
-            targets = resolve_targets(ctx.model_type, cfg.get("target_modules"), list(cfg.get("target_roles") or []))
+            targets = resolve_targets(ctx.model_type, o.target_modules, list(o.target_roles or []))
         except KeyError as e:
             raise MethodConfigError(f"{self.name}: {e.args[0]}") from None
         sublayer_inputs = None
@@ -66,16 +78,14 @@ class BottleneckMethod(Method):
                     f"{', '.join(sorted(SUBLAYER_INPUTS))}); a parallel adapter must know what enters each sub-layer"
                 )
             sublayer_inputs = dict(SUBLAYER_INPUTS[ctx.model_type])
-        train_head = cfg.get("train_head", "auto")
-        train_head = ctx.train_head if train_head == "auto" else train_head
         return BottleneckConfig(
             mode=self.mode,
-            r=int(cfg.get("r", 64)),
-            non_linearity=cfg.get("non_linearity", "relu"),
-            scaling=float(cfg.get("scaling", 1.0)),
+            r=int(o.r),
+            non_linearity=o.non_linearity,
+            scaling=float(o.scaling),
             target_modules=targets,
             sublayer_inputs=sublayer_inputs,
-            modules_to_save=list(ctx.head_modules) if (train_head and ctx.head_modules) else None,
+            modules_to_save=head_to_save(o.train_head, ctx),
             # the plain PeftModel (no SEQ_CLS task type): peft's SEQ_CLS class would add the head to modules_to_save
             # even with train_head=false
             task_type=_PEFT_TASK_TYPE.get(ctx.task_type),

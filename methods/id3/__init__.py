@@ -18,8 +18,9 @@ from typing import Any, Mapping, Optional
 
 from torch import nn
 
-from methods.base import Method, MethodConfigError, MethodContext
+from methods.base import Method, MethodConfigError, MethodContext, trains_head
 from methods.base import is_head as _is_head
+from methods.options import Options
 from methods.registry import available, get_method, is_method, register
 
 from .optimizer import SCHEDULES, ID3Optimizer
@@ -85,13 +86,22 @@ def _decay_names(model: nn.Module) -> set[str]:
     return set(get_parameter_names(model, [LayerNorm], patterns))
 
 
-@register
-class ID3(Method):
-    name = "id3"
+@dataclass(frozen=True)
+class ID3Options(Options):
+    """conf/method/id3.yaml"""
 
-    # ------------------------------------------------------------------ hooks
-    def validate(self, cfg: Mapping[str, Any]) -> None:
-        budget = cfg.get("budget")
+    budget: Any
+    T: Any
+    schedule: Any
+    eps: Any
+    exp: Any
+    scope: Any
+    base: Any
+    base_cfg: Any
+    in_backward: Any
+
+    def check(self) -> None:
+        budget = self.budget
         ok = False
         if budget == "all":
             ok = True
@@ -106,50 +116,63 @@ class ID3(Method):
                 f"method.budget must be a positive integer number of entries (e.g. method.budget=320000) or a "
                 f"fraction in (0, 1) of the scope's entries (e.g. method.budget=0.01), or all; got {budget!r}"
             )
-        exp, eps = cfg.get("exp", 0.0), cfg.get("eps", 1e-3)
+        exp, eps = self.exp, self.eps
         if not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp < 0:
             raise MethodConfigError(f"method.exp must be a number >= 0 (the paper's default is 0); got {exp!r}")
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps <= 0:
             raise MethodConfigError(f"method.eps must be a number > 0 (the paper's default is 1e-3); got {eps!r}")
-        schedule = cfg.get("schedule", "incremental")
+        schedule = self.schedule
         if schedule not in SCHEDULES:
             raise MethodConfigError(f"method.schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
-        T = cfg.get("T")
+        T = self.T
         if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
             raise MethodConfigError(
                 f"method.T must be a positive integer (steps over which the budget is unmasked) or null for all "
                 f"optimizer steps of the run; got {T!r}"
             )
-        scope = cfg.get("scope", "backbone")
+        scope = self.scope
         if scope not in SCOPES:
             raise MethodConfigError(f"method.scope must be one of {', '.join(SCOPES)}; got {scope!r}")
-        base = cfg.get("base")
+        base = self.base
         if base is not None:
-            if base == self.name:
+            if base == ID3.name:
                 raise MethodConfigError("method.base cannot be id3 itself; use e.g. method.base=lora or null")
             if not is_method(base):
                 raise MethodConfigError(
                     f"method.base={base!r} is not a registered method; choose one of "
-                    f"{', '.join(m for m in available() if m != self.name)} or null"
+                    f"{', '.join(m for m in available() if m != ID3.name)} or null"
                 )
-        in_bw = cfg.get("in_backward", "auto")
+        in_bw = self.in_backward
         if in_bw not in ("auto", True, False):
             raise MethodConfigError(
                 f"method.in_backward must be auto, true or false (select during the backward pass and never hold "
                 f"every gradient; auto = when the run allows it); got {in_bw!r}"
             )
-        base_cfg = cfg.get("base_cfg")
+        base_cfg = self.base_cfg
         if base_cfg is not None and not isinstance(base_cfg, Mapping):
             raise MethodConfigError(f"method.base_cfg must be a mapping of the base method's options; got {base_cfg!r}")
 
+
+
+@register
+class ID3(Method):
+    name = "id3"
+    options_class = ID3Options
+
+    def _id3_options(self, cfg: Any) -> ID3Options:
+        """ID3's options: parsed from a config, or as given (the fixed-mask baselines hand theirs over built)."""
+        return cfg if isinstance(cfg, ID3Options) else ID3Options.parse(cfg, ID3.name)
+
     def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: MethodContext) -> nn.Module:
-        self.validate(cfg)
-        base = cfg.get("base")
+        o = self._id3_options(cfg)
+        base = o.base
         base_cfg: dict = {}
-        scope_all = cfg.get("scope", "backbone") == "all"
+        scope_all = o.scope == "all"
+        train_head = trains_head("auto", ctx.train_head)  # ID3 has no train_head option: the task decides
         if base:
-            # the base method's complete settings: the harness puts its YAML defaults under method.base_cfg
-            base_cfg = {**dict(cfg.get("base_cfg") or {}), "name": base}
+            # the base method's settings over its conf/method/<base>.yaml defaults (the harness fills them in under
+            # method.base_cfg; the base method's options fill what is left out)
+            base_cfg = {**dict(o.base_cfg or {}), "name": base}
             base_method = get_method(base)
             base_method.validate(base_cfg)
             model = base_method.apply(model, base_cfg, ctx)
@@ -164,7 +187,7 @@ class ID3(Method):
                 scope, head = named, []
             else:
                 scope = [(n, p) for n, p in named if not _is_head(n, ctx.head_modules)]
-                head = [(n, p) for n, p in named if _is_head(n, ctx.head_modules)] if ctx.train_head else []
+                head = [(n, p) for n, p in named if _is_head(n, ctx.head_modules)] if train_head else []
             keep = {id(p) for _, p in scope + head}
             for _, p in named:
                 p.requires_grad_(id(p) in keep)
@@ -173,8 +196,8 @@ class ID3(Method):
                 "ID3 found no tensor to select from (the base method left nothing trainable outside the task head); "
                 "check method.base / method.base_cfg"
             )
-        T = cfg.get("T") if cfg.get("T") is not None else ctx.total_steps
-        schedule = cfg.get("schedule", "incremental")
+        T = o.T if o.T is not None else ctx.total_steps
+        schedule = o.schedule
         if T is None and schedule != "static":
             raise MethodConfigError(
                 "ID3 needs T, the number of optimizer steps over which the budget is unmasked: set method.T=<steps> "
@@ -185,12 +208,12 @@ class ID3(Method):
             scope_names=[n for n, _ in scope],
             head_names=[n for n, _ in head],
             scope_entries=entries,
-            budget_requested=cfg["budget"],
-            budget=resolve_budget(cfg["budget"], entries),
+            budget_requested=o.budget,
+            budget=resolve_budget(o.budget, entries),
             T=int(T) if T is not None else 1,
             schedule=schedule,
-            eps=float(cfg.get("eps", 1e-3)),
-            exp=float(cfg.get("exp", 0.0)),
+            eps=float(o.eps),
+            exp=float(o.exp),
             base=base,
             base_cfg=base_cfg,
             head_entries=sum(p.numel() for _, p in head),
@@ -202,14 +225,14 @@ class ID3(Method):
         plan = _plan(model)
         params = dict(model.named_parameters())
         decay = _decay_names(model)
-        wd = float(train_cfg.get("weight_decay", 0.0))
+        wd = float(train_cfg["weight_decay"])
         groups = []
         for selective, names in ((True, plan.scope_names), (False, plan.head_names)):
             for decays in (True, False):
                 ps = [params[n] for n in names if (n in decay) == decays]
                 if ps:
                     groups.append({"params": ps, "selective": selective, "weight_decay": wd if decays else 0.0})
-        in_bw = _in_backward(cfg.get("in_backward", "auto"), train_cfg)
+        in_bw = _in_backward(self._id3_options(cfg).in_backward, train_cfg)
         opt = ID3Optimizer(
             groups,
             in_backward=in_bw,
@@ -219,9 +242,9 @@ class ID3(Method):
             schedule=plan.schedule,
             score_eps=plan.eps,
             score_exp=plan.exp,
-            lr=float(train_cfg.get("lr", 1e-3)),
-            betas=(float(train_cfg.get("adam_beta1", 0.9)), float(train_cfg.get("adam_beta2", 0.999))),
-            eps=float(train_cfg.get("adam_epsilon", 1e-8)),
+            lr=float(train_cfg["lr"]),
+            betas=(float(train_cfg["adam_beta1"]), float(train_cfg["adam_beta2"])),
+            eps=float(train_cfg["adam_epsilon"]),
             weight_decay=wd,
         )
         setattr(model, _OPT_ATTR, opt)

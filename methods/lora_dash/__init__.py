@@ -20,15 +20,16 @@ Design choices (see the module docstrings for details):
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-from methods.base import Method, MethodConfigError, MethodContext
+from methods.base import Method, MethodConfigError, MethodContext, head_to_save
 from methods.lora_dash.callback import LoraDashSwitchCallback
 from methods.lora_dash.config import LORA_DASH, LoraDashConfig
 from methods.lora_dash.layer import DashLinear
 from methods.lora_dash.model import LoraDashModel, dash_layers, is_switched, switch_step, switch_to_dash
+from methods.options import Options, check_train_head
 from methods.registry import register
-from registry import did_you_mean
 from methods.targets import resolve_targets
 
 log = logging.getLogger(__name__)
@@ -46,45 +47,33 @@ __all__ = [
     "switch_to_dash",
 ]
 
-# Every option, in conf/method/lora_dash.yaml (LoRA's defaults there + the paper's s and t, so that method=lora and
-# method=lora_dash differ by the dash term only; the paper's runs are the *_glue / *_commonsense presets). The YAML is
-# the one place that holds their defaults: the harness always passes all of them.
-CONFIG_KEYS = ("r", "alpha", "dropout", "target_modules", "target_roles", "t", "s", "train_head", "svd_cache")
-_KNOWN = set(CONFIG_KEYS) | {"name"}
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise MethodConfigError(f"method.{key} must be an integer (got {value!r}); e.g. method.{key}=8")
 
 
-def _int(cfg: Mapping[str, Any], key: str) -> int:
-    v = cfg[key]
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-        return int(v)
-    raise MethodConfigError(f"method.{key} must be an integer (got {v!r}); e.g. method.{key}=8")
+@dataclass(frozen=True)
+class LoraDashOptions(Options):
+    """Every option, in conf/method/lora_dash.yaml (LoRA's defaults there + the paper's s and t, so that method=lora
+    and method=lora_dash differ by the dash term only; the paper's runs are the *_glue / *_commonsense presets)."""
 
+    r: Any
+    alpha: Any
+    dropout: Any
+    target_modules: Any
+    target_roles: Any
+    t: Any
+    s: Any
+    train_head: Any
+    svd_cache: Any
 
-@register
-class LoraDash(Method):
-    """LoRA-Dash. Defaults: s=8, t=100 (the paper's); r / alpha / dropout / targets as LoRA's defaults."""
-
-    name = "lora_dash"
-
-    # -- hooks ------------------------------------------------------------------------------------
-    def validate(self, cfg: Mapping[str, Any]) -> None:
-        unknown = sorted(set(cfg) - _KNOWN)
-        if unknown:
-            hints = [f"{k!r}{did_you_mean(k, sorted(_KNOWN))}" for k in unknown]
-            raise MethodConfigError(
-                f"unknown lora_dash option(s): {', '.join(hints)}; valid options: {', '.join(sorted(_KNOWN - {'name'}))}"
-            )
-        missing = [k for k in CONFIG_KEYS if k not in cfg]
-        if missing:
-            raise MethodConfigError(
-                f"lora_dash option(s) {', '.join(missing)} missing: conf/method/lora_dash.yaml gives every option "
-                "(start from it, e.g. yaml.safe_load of that file, or run through the harness)"
-            )
-        r, s, t = _int(cfg, "r"), _int(cfg, "s"), _int(cfg, "t")
+    def check(self) -> None:
+        r, s, t = _int(self.r, "r"), _int(self.s, "s"), _int(self.t, "t")
         if r <= 0:
             raise MethodConfigError(f"method.r must be a positive integer (got {r}); e.g. method.r=8")
         if s <= 0:
@@ -92,45 +81,53 @@ class LoraDash(Method):
         if t < 0:
             raise MethodConfigError(f"method.t (optimizer steps before the switch) must be >= 0 (got {t}); e.g. method.t=100")
         try:
-            alpha = float(cfg["alpha"])
+            alpha = float(self.alpha)
         except (TypeError, ValueError):
             alpha = float("nan")
         if not alpha > 0:
-            raise MethodConfigError(f"method.alpha must be > 0 (got {cfg.get('alpha')!r}); e.g. method.alpha=16")
+            raise MethodConfigError(f"method.alpha must be > 0 (got {self.alpha!r}); e.g. method.alpha=16")
         try:
-            dropout = float(cfg["dropout"])
+            dropout = float(self.dropout)
         except (TypeError, ValueError):
             dropout = float("nan")
         if not 0.0 <= dropout < 1.0:
-            raise MethodConfigError(f"method.dropout must be in [0, 1) (got {cfg.get('dropout')!r})")
-        if not cfg["target_modules"] and not cfg["target_roles"]:
+            raise MethodConfigError(f"method.dropout must be in [0, 1) (got {self.dropout!r})")
+        if not self.target_modules and not self.target_roles:
             raise MethodConfigError("set method.target_roles (e.g. [q,k,v,o,in,out]) or method.target_modules")
-        if cfg["train_head"] not in ("auto", True, False):
-            raise MethodConfigError(f"method.train_head must be auto, true or false (got {cfg.get('train_head')!r})")
-        if not isinstance(cfg["svd_cache"], bool):
-            raise MethodConfigError(f"method.svd_cache must be true or false (got {cfg.get('svd_cache')!r})")
+        check_train_head(self.train_head)
+        if not isinstance(self.svd_cache, bool):
+            raise MethodConfigError(f"method.svd_cache must be true or false (got {self.svd_cache!r})")
+
+
+#: the option names (LoraDashOptions' fields)
+CONFIG_KEYS = LoraDashOptions.keys()
+
+
+@register
+class LoraDash(Method):
+    """LoRA-Dash. Defaults (conf/method/lora_dash.yaml): s=8, t=100 (the paper's); r / alpha / dropout / targets as
+    LoRA's."""
+
+    name = "lora_dash"
+    options_class = LoraDashOptions
 
     def peft_config(self, cfg: Mapping[str, Any], ctx: MethodContext) -> LoraDashConfig:
-        self.validate(cfg)
-        roles = cfg["target_roles"]
+        o: LoraDashOptions = self.options(cfg)
         try:
-            targets = resolve_targets(ctx.model_type, cfg["target_modules"], roles)
+            targets = resolve_targets(ctx.model_type, o.target_modules, o.target_roles)
         except KeyError as e:
             raise MethodConfigError(
                 f"{e.args[0]} (e.g. for LLaMA the paper's commonsense runs use method.target_roles=[q,k,v,up,down]; "
                 "or pass explicit method.target_modules)"
             ) from None
-        train_head = cfg["train_head"]
-        if train_head == "auto":
-            train_head = ctx.train_head
         return LoraDashConfig(
-            r=_int(cfg, "r"),
-            lora_alpha=float(cfg["alpha"]),
-            lora_dropout=float(cfg["dropout"]),
+            r=_int(o.r, "r"),
+            lora_alpha=float(o.alpha),
+            lora_dropout=float(o.dropout),
             target_modules=targets,
-            modules_to_save=list(ctx.head_modules) if (train_head and ctx.head_modules) else None,
-            dash_s=_int(cfg, "s"),
-            dash_t=_int(cfg, "t"),
+            modules_to_save=head_to_save(o.train_head, ctx),
+            dash_s=_int(o.s, "s"),
+            dash_t=_int(o.t, "t"),
         )
 
     def apply(self, model, cfg: Mapping[str, Any], ctx: MethodContext):
@@ -145,15 +142,16 @@ class LoraDash(Method):
         return get_peft_model(model, config)
 
     def callbacks(self, model, cfg: Mapping[str, Any], ctx: MethodContext) -> list:
-        cache_dir = ctx.cache_dir if cfg["svd_cache"] else None
-        return [LoraDashSwitchCallback(t=_int(cfg, "t"), cache_dir=cache_dir)]
+        o: LoraDashOptions = self.options(cfg)
+        return [LoraDashSwitchCallback(t=_int(o.t, "t"), cache_dir=ctx.cache_dir if o.svd_cache else None)]
 
     def record_state(self, model, cfg: Mapping[str, Any]) -> dict:
         layers = [m for _, m in dash_layers(model)]
         adapter = getattr(model, "active_adapter", "default")
-        s = _int(cfg, "s")
+        o: LoraDashOptions = self.options(cfg)
+        s = _int(o.s, "s")
         out: dict[str, Any] = {
-            "t": _int(cfg, "t"),
+            "t": _int(o.t, "t"),
             "s": s,
             "adapted_matrices": len(layers),
             "dash_parameters": sum(m.lora_dash_d[adapter].numel() for m in layers if adapter in m.lora_dash_d),

@@ -25,7 +25,8 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from methods.base import Method, MethodConfigError, MethodContext
+from methods.base import Method, MethodConfigError, MethodContext, head_to_save
+from methods.options import check_train_head
 from methods.peft_generic.adalora import AdaLoraAllocatorCallback, resolve_schedule
 from methods.peft_generic.milora import INIT_ATTR, is_mutating, milora_init, save_converted, snapshot_initial
 from methods.registry import register
@@ -110,8 +111,7 @@ class PeftMethod(Method):
                 f"{cls.__name__} ({str(cfg.get('peft_type')).upper()}) has no option {hints}; valid options: "
                 f"{', '.join(sorted(valid))} (and the suite's {', '.join(SUITE_KEYS)})"
             )
-        if cfg.get("train_head", "auto") not in ("auto", True, False):
-            raise MethodConfigError(f"method.train_head must be auto, true or false (got {cfg.get('train_head')!r})")
+        check_train_head(cfg.get("train_head", "auto"))  # a suite key, absent from a bare peft config: the task decides
         return cls, peft_kw, roles
 
     def peft_config(self, cfg: Mapping[str, Any], ctx: MethodContext, model: nn.Module | None = None):
@@ -129,9 +129,7 @@ class PeftMethod(Method):
                 raise MethodConfigError(f"{self.name}: peft prompt learning has no task type for {ctx.task_type!r}")
             kw["task_type"] = _TASK_TYPES[ctx.task_type]
         elif "modules_to_save" in {f.name for f in dataclasses.fields(cls)}:
-            train_head = cfg.get("train_head", "auto")
-            train_head = ctx.train_head if train_head == "auto" else train_head
-            kw["modules_to_save"] = list(ctx.head_modules) if (train_head and ctx.head_modules) else None
+            kw["modules_to_save"] = head_to_save(cfg.get("train_head", "auto"), ctx)
         if cls.__name__ == "AdaLoraConfig":
             kw.update(resolve_schedule(kw, ctx.total_steps))
             # a task-typed PeftModel calls the tuner's forward, where peft adds the orthogonal regulariser to the

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from torch import nn
 
-from methods.base import Method, MethodConfigError, MethodContext
+from methods.base import Method, MethodConfigError, MethodContext, head_to_save, trains_head
+from methods.options import Options
 from methods.registry import register
-from registry import did_you_mean
 
 from .config import PropulsionConfig, paper_degree, paper_train_head
 
-CONFIG_KEYS = ("name", "degree", "train_head", "target_modules", "exclude_modules")
 _PEFT_TASK_TYPE = {"causal_lm": "CAUSAL_LM"}
 
 
@@ -53,7 +53,36 @@ def resolve_degree(value: Any, task_name: str) -> int:
 
 def resolve_train_head(value: Any, task_name: str) -> bool:
     """``auto`` -> the authors' protocol: head frozen (only scaled) except STS-B; true/false override."""
-    return paper_train_head(task_name) if value == "auto" else bool(value)
+    return trains_head(value, paper_train_head(task_name))
+
+
+@dataclass(frozen=True)
+class PropulsionOptions(Options):
+    """conf/method/propulsion.yaml"""
+
+    degree: Any
+    train_head: Any
+    target_modules: Any
+    exclude_modules: Any
+
+    def check(self) -> None:
+        degree = self.degree
+        if degree != "auto" and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 1):
+            raise MethodConfigError(
+                f"method.degree={degree!r} is invalid: the degree k in z**k must be a positive integer "
+                "(paper: 15, 20, 35 or 55) or 'auto' for the paper's per-task value, e.g. method.degree=15."
+            )
+        if self.train_head != "auto" and not isinstance(self.train_head, bool):
+            raise MethodConfigError(
+                f"method.train_head={self.train_head!r} is invalid: use auto (head frozen except STS-B, as in the "
+                "paper), true or false."
+            )
+        for key in ("target_modules", "exclude_modules"):
+            _check_module_spec(key, getattr(self, key))
+
+
+#: the option names (PropulsionOptions' fields)
+CONFIG_KEYS = PropulsionOptions.keys()
 
 
 @register
@@ -62,28 +91,7 @@ class PropulsionMethod(Method):
 
     name = "propulsion"
     supports = ("seq_cls", "qa", "causal_lm")
-
-    def validate(self, cfg: Mapping[str, Any]) -> None:
-        unknown = [k for k in cfg if k not in CONFIG_KEYS]
-        if unknown:
-            hints = [f"{k!r}{did_you_mean(k, CONFIG_KEYS)}" for k in unknown]
-            raise MethodConfigError(
-                f"unknown propulsion option(s): {', '.join(hints)}; valid options: {', '.join(CONFIG_KEYS[1:])}."
-            )
-        degree = cfg.get("degree", "auto")
-        if degree != "auto" and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 1):
-            raise MethodConfigError(
-                f"method.degree={degree!r} is invalid: the degree k in z**k must be a positive integer "
-                "(paper: 15, 20, 35 or 55) or 'auto' for the paper's per-task value, e.g. method.degree=15."
-            )
-        train_head = cfg.get("train_head", "auto")
-        if train_head != "auto" and not isinstance(train_head, bool):
-            raise MethodConfigError(
-                f"method.train_head={train_head!r} is invalid: use auto (head frozen except STS-B, as in the paper), "
-                "true or false."
-            )
-        for key in ("target_modules", "exclude_modules"):
-            _check_module_spec(key, cfg.get(key))
+    options_class = PropulsionOptions
 
     def resolve(self, cfg: Mapping[str, Any], ctx: MethodContext) -> dict:
         """The concrete settings this run uses (presets resolved by task)."""
@@ -91,23 +99,23 @@ class PropulsionMethod(Method):
             raise MethodConfigError(
                 f"propulsion supports task types {list(self.supports)}, not {ctx.task_type!r}."
             )
-        train_head = resolve_train_head(cfg.get("train_head", "auto"), ctx.task_name)
+        o: PropulsionOptions = self.options(cfg)
+        train_head = resolve_train_head(o.train_head, ctx.task_name)
         if train_head and not ctx.head_modules:
             raise MethodConfigError(
                 "method.train_head is true but the task names no head module; set method.train_head=false."
             )
         return {
-            "degree": resolve_degree(cfg.get("degree", "auto"), ctx.task_name),
+            "degree": resolve_degree(o.degree, ctx.task_name),
             "train_head": train_head,
-            "modules_to_save": list(ctx.head_modules) if train_head else None,
-            "target_modules": _as_spec(cfg.get("target_modules")),
-            "exclude_modules": _as_spec(cfg.get("exclude_modules")),
+            "modules_to_save": head_to_save(o.train_head, ctx, auto=paper_train_head(ctx.task_name)),
+            "target_modules": _as_spec(o.target_modules),
+            "exclude_modules": _as_spec(o.exclude_modules),
         }
 
     def apply(self, model: nn.Module, cfg: Mapping[str, Any], ctx: MethodContext) -> nn.Module:
         from peft import get_peft_model
 
-        self.validate(cfg)
         settings = self.resolve(cfg, ctx)
         config = PropulsionConfig(
             degree=settings["degree"],
