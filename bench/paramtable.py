@@ -13,54 +13,36 @@ from typing import Any
 
 from bench.errors import BenchError
 
-FAMILY_TASK_TYPES = {"glue": "seq_cls", "squad": "qa", "reasoning": "causal_lm"}
+# a decoder-only model with no task= given is counted with its LM head, as on a reasoning task: which one does not
+# change a count (a causal LM has no task-sized head)
+LM_TASK = "gsm8k"
 
 
-def task_type_for(cfg, explicit_task: bool) -> str:
-    """The task family's model type; a decoder-only model with no task= given is counted as a causal LM."""
+def lm_task_override(rest: list[str]) -> list[str]:
+    """[task=<LM_TASK>] when no task= is given, the model is decoder-only and the composed task is not a causal-LM
+    task; else []."""
     from bench.arch import is_decoder
+    from bench.config.compose import compose
 
-    if not explicit_task and is_decoder(cfg.model):
-        return "causal_lm"
-    family = cfg.task.get("family", "glue")
-    try:
-        from bench.tasks import get_family
-
-        return get_family(family).task_type
-    except BenchError:
-        if family in FAMILY_TASK_TYPES:
-            return FAMILY_TASK_TYPES[family]
-        raise
+    if any(a.split("=", 1)[0] == "task" for a in rest):
+        return []
+    cfg = compose(rest)
+    return [f"task={LM_TASK}"] if is_decoder(cfg.model) and cfg.task.get("family") != "reasoning" else []
 
 
-def count_for(cfg, task_type: str, total_steps: int = 1000) -> dict[str, Any]:
-    """Build the model on the meta device, apply the configured method, count. One row of the table."""
-    import torch
+def count_for(cfg, total_steps: int = 1000) -> dict[str, Any]:
+    """One row of the table: the configuration set up as a run sets it up (bench.runner.setup: study settings,
+    checks, the registered method, the task family), the family's model with its head built on the meta device,
+    the method applied there (bench.training.apply_method), counted. ``cfg`` is left as given.
 
-    from bench.models import build_meta, head_modules
-    from bench.params import count_parameters
-    from bench.runner import resolve_method
-    from bench.training import method_context, method_options
+    total_steps: only schedules depend on it (ID3's B/T), never a count."""
+    import copy
 
-    method = resolve_method(cfg)
-    head_kwargs: dict[str, Any] = {}
-    if task_type == "seq_cls":
-        n = int(cfg.task.get("num_labels") or 2)
-        head_kwargs["num_labels"] = n
-        if n == 1:
-            head_kwargs["problem_type"] = "regression"
-    model = build_meta(cfg.model, task_type, **head_kwargs)
-    heads = head_modules(model)
-    base_total = count_parameters(model)["total"]
-    # total_steps: only schedules depend on it (ID3's B/T), never a count; nothing may be cached from shapes
-    ctx = method_context(model, task_type, cfg, total_steps=total_steps, heads=heads,
-                         cache_dir="/nonexistent-bench-params-cache")
-    mcfg = method_options(cfg)  # as a run gives them (ID3's method.base: the base's defaults too)
-    with torch.device("meta"):  # new adapter tensors live on meta too
-        model = method.apply(model, mcfg, ctx)
-    counts = count_parameters(model, heads, base_total, method.trainable_parameters(model, mcfg))
-    counts["head_modules"] = heads
-    return counts
+    from bench.runner import setup
+
+    s = setup(copy.deepcopy(cfg), choose_lr=False)
+    counts = s.apply_method(s.build_model(meta=True), total_steps, meta=True).params
+    return {**counts, "task_type": s.task_type}
 
 
 def params_table(argv: list[str]):
@@ -74,14 +56,14 @@ def params_table(argv: list[str]):
     methods, method_keys, _, rest = split_overrides(argv, "params")
     check_group_names(rest)  # task=rtee, model=minlm: the did-you-mean line
     known = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
-    explicit_task = any(a.split("=", 1)[0] == "task" for a in rest)
+    rest = [*rest, *lm_task_override(rest)]
     if not methods:
         methods = [str(compose(rest).method.name)]
     unknown = [m for m in methods if m not in known]
     if unknown and len(unknown) == len(methods):
         raise BenchError(unknown_names_message("method", methods, known))
     rows = []
-    heads = None
+    heads = task_type = None
     for m in methods:
         if m not in known:
             rows.append({"method": m, "error": f"no conf/method/{m}.yaml (known: {', '.join(known)})"})
@@ -89,15 +71,14 @@ def params_table(argv: list[str]):
         base = compose([*rest, f"method={m}"])
         applicable, skipped = method_overrides_for(base.method, method_keys)
         cfg = compose([*rest, f"method={m}", *applicable]) if applicable else base
-        task_type = task_type_for(cfg, explicit_task)
         from methods import MethodConfigError
 
         try:
-            c = count_for(cfg, task_type)
+            c = count_for(cfg)
         except (BenchError, MethodConfigError) as e:
             rows.append({"method": m, "error": str(e)})
             continue
-        heads = c["head_modules"]
+        heads, task_type = c["head_modules"], c["task_type"]
         rows.append(
             {
                 "method": m,
@@ -110,6 +91,10 @@ def params_table(argv: list[str]):
                 "ignored": ", ".join(skipped),
             }
         )
+    if task_type is None:  # no method could be counted: the task family still names the head
+        from bench.tasks import get_family
+
+        task_type = get_family(base.task.family).task_type
     info = {"model": str(base.model.name), "task": str(base.task.name), "task_type": task_type, "heads": heads}
     return pd.DataFrame(rows), info
 

@@ -1,4 +1,7 @@
-"""One run, top to bottom: config -> data -> model -> method -> train -> evaluate -> record."""
+"""One run as a recipe read top to bottom: setup -> train -> evaluate -> record.
+
+``setup`` (a RunSetup: the settled config, its identity, the method, the task family) is also where `bench perf`
+and `bench params` start, so the three build the same model with the same method."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
 from bench import forgetting, records
-from bench.config.identity import run_identity
+from bench.config.identity import RunIdentity, run_identity
 from bench.cost import CostCallback, memory_figures
 from bench.data import DEV_ALIAS, default_cache_dir
 from bench.errors import BenchError
@@ -45,7 +49,7 @@ def optimizer_steps(n_train: int, t: DictConfig) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# the run
+# setup: what `bench run`, `bench perf` and `bench params` all start from
 # ------------------------------------------------------------------------------------------------
 def plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
@@ -64,49 +68,106 @@ def resolve_method(cfg: DictConfig):
     return method
 
 
+@dataclass
+class RunSetup:
+    """A configuration made ready to train, to time or to count: everything before the data and the weights.
+
+    `bench run`, each `bench perf` worker and `bench params` start here (``setup``), so each settles the config,
+    resolves the method and the task family, builds the model with its head and applies the method the same way."""
+
+    cfg: DictConfig  # settled in place: train.precision resolved, the study's settings and train.lr applied
+    identity: RunIdentity  # the config as the record stores it, its hash, the record's path
+    device: str  # where it trains (bench.hardware.train_device), for train.precision=auto
+    precision: dict  # the record's block: requested, resolved, why
+    lr_choice: Optional[dict] = None  # how the study chose train.lr (None without a grid)
+    method: Any = None  # methods.Method, once checked
+    family: Any = None  # its bench.tasks family (TaskFamily), once checked
+
+    def check(self, method=None) -> RunSetup:
+        """Every check that reads no data and no weights: the config's values, the method and its options (the
+        registered one, or ``method`` as given), the task family and its task. Keeps the method and the family."""
+        from bench.tasks import get_family
+
+        validate_config(self.cfg)
+        self.method = resolve_method(self.cfg) if method is None else method
+        self.family = get_family(self.cfg.task.family)(self.cfg, default_cache_dir(self.cfg.cache_dir))
+        self.family.validate()
+        forgetting.check(self.cfg, self.family)
+        return self
+
+    @property
+    def task_type(self) -> str:
+        return self.family.task_type
+
+    def build_model(self, tokenizer=None, meta: bool = False):
+        """The task family's model with its head, before the method; meta=True: on the meta device, from the
+        architecture alone (no weight read or allocated, no tokenizer)."""
+        return self.family.build_meta() if meta else self.family.build_model(tokenizer)
+
+    def apply_method(self, model, total_steps: int, seed: Optional[int] = None, meta: bool = False):
+        """The method applied to the freshly built model, its parameters counted (bench.training.Applied)."""
+        from bench import training
+
+        return training.apply_method(self.cfg, self.method, model, self.task_type, total_steps, seed, meta=meta)
+
+
+def setup(cfg: DictConfig, device: Optional[str] = None, choose_lr: bool = True, check: bool = True,
+          method=None) -> RunSetup:
+    """Settle ``cfg`` in place as the run trains it and identify it; with check=True also check it (RunSetup.check).
+
+    Settling: train.precision=auto resolved for ``device`` (default: where this process trains), the study's
+    per-method and per-task settings merged, train.lr taken from the study's grid. choose_lr=True (a run) resolves
+    study.lr_index as the study's protocol says, reading its tuning records: raises bench.study.NotChosen for a grid
+    entry this seed does not run. choose_lr=False (perf, params) reads no record and leaves cfg.train.lr alone; the
+    identity's config still takes train.lr from an integer study.lr_index. ``method``: a method object to use instead
+    of the registered one (perf's frozen floor)."""
+    from bench import hardware, study
+
+    device = device or hardware.train_device()
+    precision = hardware.apply_precision(cfg, device)  # before hashing: an auto run hashes as its resolved value
+    lr_choice = study.resolve(cfg) if choose_lr else None  # the record says which entry and why
+    s = RunSetup(cfg, run_identity(cfg), device, precision, lr_choice)
+    return s.check(method) if check else s
+
+
+# ------------------------------------------------------------------------------------------------
+# the run: setup -> train -> evaluate -> record
+# ------------------------------------------------------------------------------------------------
 def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = False) -> dict:
     """Train and evaluate one configuration; returns the written record."""
     run_start = time.perf_counter()
-    from bench import hardware, study
+    from bench import study
 
-    device = hardware.train_device()
-    precision = hardware.apply_precision(cfg, device)  # train.precision=auto -> bf16 | fp32, before hashing
     # a study's committed records first (a fresh checkout has no results/runs/): its sweep resumes, not reruns
     records.restore_experiment(cfg.results_dir, cfg.get("experiment_name"))
     try:
-        lr_choice = study.resolve(cfg)  # train.lr from the study's grid (before hashing: the record says which)
+        s = setup(cfg, check=False)
     except study.NotChosen as e:
         print(f"[bench] skip: {e}")
         return {"skipped": "not the lr chosen on dev"}
-    identity = run_identity(cfg)  # the config the record stores, its hash, the record's path
-    config, chash, path = identity.config, identity.hash, identity.path
+    path, chash = s.identity.path, s.identity.hash
     if not cfg.force and records.completed(path, chash):
         print(f"[bench] skip: {path.name} already has an ok record with this config hash (force=true reruns)")
         return {**(records.read_record(path) or {}), "skipped": "already done"}
 
     check_results_dir(cfg.results_dir)  # nowhere to write even a failed record: stop here
     try:
-        validate_config(cfg)
-        method = resolve_method(cfg)
-        from bench.tasks import get_family
-
-        cache_dir = default_cache_dir(cfg.cache_dir)
-        family = get_family(cfg.task.family)(cfg, cache_dir)
-        family.validate()
-        forgetting.check(cfg, family)
+        s.check()
     except BenchError as e:
         if sweep:  # a sweep keeps a record of every job, also of one whose input was invalid
             records.write_json_atomic(path, {
                 "schema": 1, "status": "failed", "method": cfg.method.get("name"), "task": cfg.task.get("name"),
                 "model": cfg.model.get("name"), "seed": int(cfg.seed), "tag": cfg.get("tag"), "config_hash": chash,
-                "config": config, "overrides": list(overrides or []), "error": f"BenchError: {e}",
+                "config": s.identity.config, "overrides": list(overrides or []), "error": f"BenchError: {e}",
                 "failed_before_training": True,
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
             e.record_path = str(path)  # type: ignore[attr-defined]  (the sweep's summary names it)
         raise
 
-    warning = hardware.bf16_warning(str(cfg.train.precision), device)
+    from bench import hardware
+
+    warning = hardware.bf16_warning(str(cfg.train.precision), s.device)
     if warning:  # the user asked for bf16: say what it costs on this CPU, then train as asked
         print(warning, file=sys.stderr)
 
@@ -128,14 +189,14 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
                 return {**(records.read_record(path) or {}), "skipped": "already done"}
         else:
             stale = None
-        record = _claimed_run(cfg, method, family, overrides, sweep, config, chash, path, lr_choice, run_start, stale,
-                              precision)
+        record = _claimed_run(s, overrides, sweep, run_start, stale)
     _print_summary(record)
     return record
 
 
-def _claimed_run(cfg, method, family, overrides, sweep, config, chash, path, lr_choice, run_start, stale,
-                 precision=None) -> dict:
+def _claimed_run(s: RunSetup, overrides, sweep: bool, run_start: float, stale) -> dict:
+    """The record of the run, begun, filled by training and evaluation, and written whatever happens."""
+    cfg, path = s.cfg, s.identity.path
     record: dict[str, Any] = {
         "schema": 1,
         "status": "running",
@@ -144,21 +205,20 @@ def _claimed_run(cfg, method, family, overrides, sweep, config, chash, path, lr_
         "model": cfg.model.name,
         "seed": int(cfg.seed),
         "tag": cfg.get("tag"),
-        "config_hash": chash,
-        "config": config,
+        "config_hash": s.identity.hash,
+        "config": s.identity.config,
         "overrides": list(overrides or []),
         "git": records.git_info(),
         "versions": records.package_versions(),
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if precision is not None:
-        record["precision"] = precision  # requested (auto or explicit), resolved (what trained and was hashed), why
-    if lr_choice is not None:
-        record["study"] = lr_choice
+    record["precision"] = s.precision  # requested (auto or explicit), resolved (what trained and was hashed), why
+    if s.lr_choice is not None:
+        record["study"] = s.lr_choice
     if stale:
         record["claim_taken_over"] = stale
     try:
-        _train_and_evaluate(cfg, method, family, record, run_start, path.with_suffix(""), chash)
+        _train_and_evaluate(s, record, run_start)
         record["status"] = "ok"
     except BaseException as e:  # record the failure, then let the caller decide
         # a signal / Ctrl-C / submitit's requeue exit: not a failure of the run, which a rerun continues
@@ -185,12 +245,41 @@ def _claimed_run(cfg, method, family, overrides, sweep, config, chash, path, lr_
     return record
 
 
-def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Path, chash: str = "") -> None:
+def _train_and_evaluate(s: RunSetup, record: dict, run_start: float) -> None:
+    """The run's body, into ``record``: train, evaluate, record what was chosen and what it cost."""
+    trained = _train(s, record, run_start)
+    scored = _evaluate(s, trained, record)
+    _record_results(s, trained, scored, record)
+
+
+@dataclass
+class _Trained:
+    """What training leaves for evaluation and the record."""
+
+    data: Any  # bench.data.TaskData
+    tokenizer: Any
+    model: Any  # the method applied
+    mcfg: dict
+    trainer: Any
+    total_steps: int
+    cost: CostCallback
+    cost_summary: dict
+    history: list  # every evaluation so far: epoch, step, metrics
+    history_preds: list  # per-example predictions of each (kept for the chosen one only)
+    forget: Any  # bench.forgetting.Probe or None
+    ckpt_root: Path
+    artifact_dir: Path
+
+
+def _train(s: RunSetup, record: dict, run_start: float) -> _Trained:
+    """data -> model -> method -> Trainer (resumed from a checkpoint of this config when there is one) -> steps."""
     import torch
     from transformers import set_seed
 
     from bench import checkpoint, training
 
+    cfg, family, method, chash = s.cfg, s.family, s.method, s.identity.hash
+    artifact_dir = s.identity.path.with_suffix("")
     t = cfg.train
     if t.num_threads:
         torch.set_num_threads(int(t.num_threads))
@@ -200,12 +289,12 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     record["data"] = data.info
     tokenizer = family.load_tokenizer()
     forget = forgetting.Probe(cfg, tokenizer) if t.get("forgetting") else None  # the generic-text sample, read now
-    model = family.build_model(tokenizer)
+    model = s.build_model(tokenizer)
     # the tokenized train set is what the Trainer steps over (QA: one feature per window, not per example)
     train_ds = family.train_dataset(data, tokenizer)
     record["data"]["tokenized_cache_hit"] = getattr(family, "last_cache_hit", None)
     total_steps = optimizer_steps(len(train_ds), t)
-    applied = training.apply_method(cfg, method, model, family.task_type, total_steps)
+    applied = s.apply_method(model, total_steps)
     model, ctx, mcfg = applied.model, applied.ctx, applied.mcfg
     record["params"] = applied.params
     if record["params"]["trainable"] == 0:
@@ -213,7 +302,7 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
 
     cost = CostCallback(run_start)
     history: list[dict] = []
-    history_preds: list = []  # per-example predictions of each evaluation (kept for the chosen one only)
+    history_preds: list = []
     method_callbacks = method.callbacks(model, mcfg, ctx)
     callbacks = [cost, *method_callbacks]
     epoch_eval = None
@@ -225,8 +314,7 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
              **{f"method.{i}": cb for i, cb in enumerate(method_callbacks) if hasattr(cb, "state_dict")}}
     harness = checkpoint.HarnessState(parts, chash, epoch_eval, steps_per_epoch=steps_per_epoch(len(train_ds), t))
     callbacks.append(harness)
-    train_cfg = plain(t)
-    optimizer = method.create_optimizer(model, mcfg, ctx, train_cfg)
+    optimizer = method.create_optimizer(model, mcfg, ctx, plain(t))
     ckpt_root = artifact_dir / "checkpoints"
     trainer = training.make_trainer(cfg, model, train_ds, family.collator(tokenizer), callbacks, optimizer, ckpt_root)
     from bench.report import trackers
@@ -253,64 +341,92 @@ def _train_and_evaluate(cfg, method, family, record, run_start, artifact_dir: Pa
     if t.get("save_every"):
         cost_summary["checkpoints_saved"] = harness.saved
         cost_summary["checkpoint_s"] = round(harness.seconds, 3)
+    return _Trained(data, tokenizer, model, mcfg, trainer, total_steps, cost, cost_summary, history, history_preds,
+                    forget, ckpt_root, artifact_dir)
 
+
+@dataclass
+class _Scored:
+    """The final evaluation and the one chosen among all of them."""
+
+    final: dict  # the final evaluation's metrics
+    eval_s: float
+    chosen_i: int  # index into the history of evaluations
+    main_key: str
+    sel_key: str  # the metric that chose (dev when there is a dev split)
+    dev_key: Optional[str]
+
+
+def _evaluate(s: RunSetup, tr: _Trained, record: dict) -> _Scored:
+    """The final evaluation (through the compiled module with train.compile), then the evaluation kept: the last,
+    or with train.selection=best the best on dev (on the reported split only when there is no dev split)."""
+    cfg, family, t = s.cfg, s.family, s.cfg.train
     t0 = time.perf_counter()
-    final = family.evaluate(_eval_model(trainer, model), data, tokenizer, out_dir=artifact_dir)
+    final = family.evaluate(_eval_model(tr.trainer, tr.model), tr.data, tr.tokenizer, out_dir=tr.artifact_dir)
     if t.get("compile"):  # train.compile: what was compiled, how often, and how long it took
         record["compile"] = {"backend": t.get("compile_backend") or "inductor", "mode": t.get("compile_mode"),
                              **compile_stats()}
     eval_s = time.perf_counter() - t0
-    if forget is not None:
-        record["forgetting"] = forget.after(model)
-    n_eval = sum(record["data"].get("eval_sizes", {}).values()) or None
+    if tr.forget is not None:
+        record["forgetting"] = tr.forget.after(tr.model)
     final_preds = getattr(family, "last_predictions", None)
-    if not history or history[-1]["step"] != trainer.state.global_step:
-        history.append({"epoch": trainer.state.epoch, "step": trainer.state.global_step, "metrics": final})
-        history_preds.append(final_preds)
+    history, state = tr.history, tr.trainer.state
+    if not history or history[-1]["step"] != state.global_step:
+        history.append({"epoch": state.epoch, "step": state.global_step, "metrics": final})
+        tr.history_preds.append(final_preds)
     main_key = cfg.task.main_metric
-    dev_key = dev_metric_key(main_key, cfg.task) if DEV_ALIAS in data.evals else None
+    dev_key = dev_metric_key(main_key, cfg.task) if DEV_ALIAS in tr.data.evals else None
     if dev_key is not None and dev_key not in final:
         raise BenchError(f"the dev split was scored but its key {dev_key!r} is not among the metrics {sorted(final)}")
     sel_key = dev_key or main_key
     best_i = max(range(len(history)), key=lambda i: history[i]["metrics"][sel_key])
     chosen_i = best_i if t.selection == "best" else len(history) - 1
-    chosen = history[chosen_i]
+    return _Scored(final, eval_s, chosen_i, main_key, sel_key, dev_key)
+
+
+def _record_results(s: RunSetup, tr: _Trained, sc: _Scored, record: dict) -> None:
+    """Into the record: the chosen evaluation, the history, the cost, the method's state; then what stays on disk
+    (the adapter with save_adapter, checkpoints with train.keep_checkpoints)."""
+    cfg, t, method = s.cfg, s.cfg.train, s.method
+    chosen = tr.history[sc.chosen_i]
     record["metrics"] = chosen["metrics"]
-    record["metrics_last"] = final
-    record["main_metric"] = main_key
-    record["main_score"] = chosen["metrics"][main_key]
+    record["metrics_last"] = sc.final
+    record["main_metric"] = sc.main_key
+    record["main_score"] = chosen["metrics"][sc.main_key]
     record["selection"] = {
         "protocol": t.selection, "epoch": chosen["epoch"], "step": chosen["step"],
         # which split chose the epoch: dev whenever there is one, never the reported split when there is
-        "chosen_on": ("dev" if dev_key else "reported split (no dev split)") if t.selection == "best" else "last",
-        "metric": sel_key if t.selection == "best" else None,
-        "dev_metric": dev_key,
-        "dev_score": chosen["metrics"][dev_key] if dev_key else None,
+        "chosen_on": ("dev" if sc.dev_key else "reported split (no dev split)") if t.selection == "best" else "last",
+        "metric": sc.sel_key if t.selection == "best" else None,
+        "dev_metric": sc.dev_key,
+        "dev_score": chosen["metrics"][sc.dev_key] if sc.dev_key else None,
     }
-    if history_preds[chosen_i]:
+    if tr.history_preds[sc.chosen_i]:
         from bench.predictions import encode_splits
 
         # per-example predictions of the chosen evaluation, every split: paired tests need no rerun
-        record["predictions"] = encode_splits(history_preds[chosen_i])
-    record["eval_history"] = history
+        record["predictions"] = encode_splits(tr.history_preds[sc.chosen_i])
+    record["eval_history"] = tr.history
     record["train"] = {
-        **cost_summary,
-        "loss_curve": cost.loss_curve,
-        "final_loss": cost.loss_curve[-1][1] if cost.loss_curve else None,
-        "epochs": trainer.state.epoch,
-        "planned_steps": total_steps,
+        **tr.cost_summary,
+        "loss_curve": tr.cost.loss_curve,
+        "final_loss": tr.cost.loss_curve[-1][1] if tr.cost.loss_curve else None,
+        "epochs": tr.trainer.state.epoch,
+        "planned_steps": tr.total_steps,
     }
-    record["eval"] = {"wall_s": round(eval_s, 3), "examples_per_s": round(n_eval / eval_s, 2) if n_eval else None}
-    record["method_state"] = method.record_state(model, mcfg)
+    n_eval = sum(record["data"].get("eval_sizes", {}).values()) or None
+    record["eval"] = {"wall_s": round(sc.eval_s, 3),
+                      "examples_per_s": round(n_eval / sc.eval_s, 2) if n_eval else None}
+    record["method_state"] = method.record_state(tr.model, tr.mcfg)
     if cfg.get("save_adapter"):
-        method.save(model, mcfg, str(artifact_dir / "adapter"))
-        record["adapter_path"] = str(artifact_dir / "adapter")
+        method.save(tr.model, tr.mcfg, str(tr.artifact_dir / "adapter"))
+        record["adapter_path"] = str(tr.artifact_dir / "adapter")
     if not t.get("keep_checkpoints"):
-        shutil.rmtree(ckpt_root, ignore_errors=True)  # the record is complete: the run needs no resume any more
-    elif ckpt_root.is_dir():
-        record["checkpoints"] = str(ckpt_root)
+        shutil.rmtree(tr.ckpt_root, ignore_errors=True)  # the record is complete: the run needs no resume any more
+    elif tr.ckpt_root.is_dir():
+        record["checkpoints"] = str(tr.ckpt_root)
     try:
-        artifact_dir.rmdir()  # only when nothing was kept there (no adapter, no predictions file)
+        tr.artifact_dir.rmdir()  # only when nothing was kept there (no adapter, no predictions file)
     except OSError:
         pass
 

@@ -1,6 +1,7 @@
-"""What `bench run` and `bench perf` share to train: the method's context, the method applied to the model, the
-Trainer. Both build the same Trainer here, so `bench perf` times exactly the optimizer step a run trains with (the
-Trainer's own `training_step`, clipping, optimizer step, scheduler step and `zero_grad`)."""
+"""What `bench run`, `bench perf` and `bench params` share (through bench.runner.RunSetup): the method's context,
+the method applied to the model and counted, the Trainer. Run and perf build the same Trainer here, so `bench perf`
+times exactly the optimizer step a run trains with (the Trainer's own `training_step`, clipping, optimizer step,
+scheduler step and `zero_grad`)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,9 @@ def base_method_defaults(name: str) -> dict:
     return dict(OmegaConf.to_container(OmegaConf.load(file), resolve=True) or {})
 
 
+META_CACHE_DIR = "/nonexistent-bench-params-cache"  # a method applied on the meta device caches nothing
+
+
 @dataclass
 class Applied:
     """The model after the method, and what was needed to get there."""
@@ -82,9 +86,16 @@ class Applied:
 
 
 def apply_method(cfg: DictConfig, method, model, task_type: str, total_steps: int,
-                 seed: Optional[int] = None) -> Applied:
+                 seed: Optional[int] = None, meta: bool = False) -> Applied:
     """Apply the method to the freshly built model as a run does: context, seeded init, gradient checkpointing
-    (train.gradient_checkpointing), parameter counts (head apart, the untouched model's total)."""
+    (train.gradient_checkpointing), parameter counts (head apart, the untouched model's total).
+
+    meta=True (`bench params`): the model lives on the meta device and so do the method's new tensors; the method
+    may cache nothing derived from shapes (its cache folder does not exist) and nothing runs, so gradient
+    checkpointing, which changes no count, is left off."""
+    import contextlib
+
+    import torch
     from transformers import set_seed
 
     from bench.models import head_modules
@@ -93,14 +104,16 @@ def apply_method(cfg: DictConfig, method, model, task_type: str, total_steps: in
 
     heads = head_modules(model)
     base_total = count_parameters(model)["total"]
-    ctx = method_context(model, task_type, cfg, total_steps=total_steps, seed=seed, heads=heads)
+    ctx = method_context(model, task_type, cfg, total_steps=total_steps, seed=seed, heads=heads,
+                         cache_dir=META_CACHE_DIR if meta else None)
     mcfg = method_options(cfg)
     set_seed(ctx.seed)  # the method's own initialisation is seeded too
     try:
-        model = method.apply(model, mcfg, ctx)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = method.apply(model, mcfg, ctx)
     except MethodConfigError as e:  # a setting that only the model's shapes can refute (e.g. LoRA-Dash s > rank)
         raise BenchError(str(e)) from None
-    if cfg.train.gradient_checkpointing:
+    if cfg.train.gradient_checkpointing and not meta:
         enable_gradient_checkpointing(model)
     params = count_parameters(model, heads, base_total, method.trainable_parameters(model, mcfg))
     params["head_modules"] = heads

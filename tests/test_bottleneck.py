@@ -169,4 +169,4 @@ def test_bench_params_roberta_base_equals_closed_form(name):
     from bench.config.compose import compose
 
     cfg = compose([f"method={name}", "model=roberta-base", "task=sst2"])
-    assert paramtable.count_for(cfg, "seq_cls")["trainable_method"] == closed_form(768, 64, 24) == 2_379_264
+    assert paramtable.count_for(cfg)["trainable_method"] == closed_form(768, 64, 24) == 2_379_264

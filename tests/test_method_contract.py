@@ -166,7 +166,7 @@ def test_method_contract(name, model_name):
     counts = count_parameters(model, heads, base_total, method.trainable_parameters(model, mcfg))
     if expected is not None:
         assert counts["trainable_method"] == expected, "closed form"
-    assert counts["trainable_method"] == count_for(cfg, task_type)["trainable_method"], "bench params (meta)"
+    assert counts["trainable_method"] == count_for(cfg)["trainable_method"], "bench params (meta)"
     assert counts["total"] == base_total
 
     # two optimizer steps, finite loss, something trained

@@ -91,5 +91,5 @@ def test_bench_params_gives_a_base_method_its_defaults_as_a_run_does():
     from bench.config.compose import compose
 
     cfg = compose(["method=id3", "method.base=lora", "method.budget=1000", "model=roberta-base", "task=rte"])
-    counts = paramtable.count_for(cfg, "seq_cls")
+    counts = paramtable.count_for(cfg)
     assert counts["trainable_method"] == 1000

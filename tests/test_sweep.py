@@ -75,9 +75,9 @@ def test_launcher_files_override_hydra_launcher_globally():
 def stub_training(monkeypatch):
     calls = []
 
-    def fake(cfg, method, family, record, run_start, artifact_dir, chash=None):
-        calls.append(int(cfg.seed))
-        if float(cfg.train.weight_decay) == 0.5:  # the injected failure
+    def fake(s, record, run_start):
+        calls.append(int(s.cfg.seed))
+        if float(s.cfg.train.weight_decay) == 0.5:  # the injected failure
             raise RuntimeError("injected failure")
         record["main_metric"] = "accuracy"
         record["main_score"] = 0.5

@@ -1,4 +1,6 @@
-"""`bench perf`'s command line: its options (the Hydra group conf/perf/) and one composed config per method."""
+"""`bench perf`'s command line: its options (the Hydra group conf/perf/) and one config per method, settled as a run
+settles it (bench.runner.setup without its checks: a worker checks its own method, so one bad method is one failed
+row)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import functools
 from omegaconf import DictConfig, OmegaConf
 
 from bench.config.compose import compose
-from bench.config.identity import run_identity
 from bench.config.overrides import method_overrides_for, split_overrides
 from bench.errors import BenchError
 from registry import did_you_mean
@@ -65,6 +66,7 @@ def method_configs(methods: list[str], method_ov: list[str], rest: list[str], p:
 
     method.<key>=v reaches every listed method that has <key> (+method.<key>=v adds it to all); perf.method_overrides
     sets a method's keys that the command line leaves alone."""
+    from bench.runner import setup
     from methods import available
 
     known = available()
@@ -85,12 +87,12 @@ def method_configs(methods: list[str], method_ov: list[str], rest: list[str], p:
         for key, value in ((p.method_overrides or {}).get(m) or {}).items():
             if key not in given:
                 cfg.method[key] = value
-        out[m] = run_identity(cfg).config
+        out[m] = setup(cfg, choose_lr=False, check=False).identity.config  # as the run settles it
     unused = [o.split("=", 1)[0].lstrip("+~") for o in method_ov if o not in used]
     if unused:
         raise BenchError(f"no listed method has the option(s) {', '.join(unused)}")
     if FLOOR in methods:
-        container = run_identity(compose(rest)).config
+        container = setup(compose(rest), choose_lr=False, check=False).identity.config
         container["method"] = {"name": FLOOR}
         out[FLOOR] = container
     return {m: out[m] for m in methods}

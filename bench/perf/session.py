@@ -1,8 +1,9 @@
 """One method's model, Trainer and batches, kept in one process: the steps it times are the Trainer's own.
 
-The model, its head and the method come from the same code as `bench run` (the task family builds the model,
-`bench.training.apply_method` applies the method, `bench.training.make_trainer` builds the run's Trainer with the
-method's optimizer or the Trainer's AdamW). `Trainer.train()` runs in a thread of this process; two callbacks
+The model, its head and the method come from the same code as `bench run`: its setup (`bench.runner.setup`: the
+config checked, the method and the task family resolved; the family builds the model, `RunSetup.apply_method`
+applies the method), and `bench.training.make_trainer` builds the run's Trainer with the method's optimizer or the
+Trainer's AdamW. `Trainer.train()` runs in a thread of this process; two callbacks
 around the method's own hold its loop before each step until the session grants steps, and clock each step from
 the Trainer's `on_step_begin` to its `on_step_end`: `training_step` (forward + backward under the run's autocast),
 clipping, the optimizer step, the scheduler step and `zero_grad`, exactly as a run trains. The method's callbacks
@@ -229,9 +230,7 @@ class Session:
         from transformers import default_data_collator, set_seed
 
         from bench import training
-        from bench.data import default_cache_dir
-        from bench.runner import plain, resolve_method
-        from bench.tasks import get_family
+        from bench.runner import plain, setup
 
         self.cfg = OmegaConf.create(cfg)
         self.p = p
@@ -248,17 +247,19 @@ class Session:
         self.compiled = bool(t.get("compile", False))
         set_seed(seed)
 
-        family = get_family(self.cfg.task.family)(self.cfg, default_cache_dir(self.cfg.cache_dir))
-        family.validate()
-        model = family.build_model(family.load_tokenizer())
-        self.task_type = family.task_type
+        # the run's setup (the config is already settled by bench.perf.options; this checks it and resolves the
+        # method and the task family), then the run's model and method application
+        s = setup(self.cfg, device=self.device.type, choose_lr=False,
+                  method=FrozenFloor(self.device) if self.name == FLOOR else None)
+        model = s.build_model(s.family.load_tokenizer())
+        self.task_type = s.task_type
         max_pos = getattr(model.config, "max_position_embeddings", None)
         if max_pos and int(p["seq_len"]) > int(max_pos):
             raise BenchError(f"perf.seq_len={p['seq_len']} exceeds the model's {max_pos} positions; "
                              f"e.g. perf.seq_len={min(128, int(max_pos))}")
         total_steps = int(p["warmup"]) + int(p["steps"])
-        self.method = FrozenFloor(self.device) if self.name == FLOOR else resolve_method(self.cfg)
-        applied = training.apply_method(self.cfg, self.method, model, family.task_type, total_steps, seed=seed)
+        self.method = s.method
+        applied = s.apply_method(model, total_steps, seed=seed)
         self.model, self.ctx, self.mcfg, self.params = applied.model, applied.ctx, applied.mcfg, applied.params
         self.trainable = [q for q in self.model.parameters() if q.requires_grad]
         callbacks = self.method.callbacks(self.model, self.mcfg, self.ctx)

@@ -37,6 +37,14 @@ class TaskFamily:
     def build_model(self, tokenizer) -> nn.Module:
         raise NotImplementedError
 
+    def build_meta(self) -> nn.Module:
+        """The model build_model builds, with the same head, on the meta device from its architecture alone (no
+        weight read or allocated): what `bench params` counts. A family whose build_model changes the architecture
+        beyond the transformers class (GLUE's mean pooling) does the same here."""
+        from bench.models import build_meta
+
+        return build_meta(self.cfg.model, self.task_type)
+
     def load_tokenizer(self):
         from bench.models import load_tokenizer
 

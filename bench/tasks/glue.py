@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from bench import metrics as M
 from bench.data import TaskData
 from bench.errors import BenchError
-from bench.models import build_model, set_pooling
+from bench.models import build_meta, build_model, set_pooling
 from bench.tasks.base import TaskFamily
 
 
@@ -63,15 +63,22 @@ class GlueFamily(TaskFamily):
     def is_regression(self) -> bool:
         return int(self.task.num_labels) == 1
 
-    def build_model(self, tokenizer):
+    def head_kwargs(self) -> dict:
         kw = {"num_labels": int(self.task.num_labels)}
         if self.is_regression:
             kw["problem_type"] = "regression"
-        model = build_model(self.cfg.model, self.task_type, tokenizer, **kw)
+        return kw
+
+    def build_model(self, tokenizer):
+        model = build_model(self.cfg.model, self.task_type, tokenizer, **self.head_kwargs())
         model = set_pooling(model, self.cfg.model.get("pooling", "cls"))
         if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
         return model
+
+    def build_meta(self):
+        model = build_meta(self.cfg.model, self.task_type, **self.head_kwargs())
+        return set_pooling(model, self.cfg.model.get("pooling", "cls"))  # mean pooling drops the pooler's weights
 
     def _tokenize(self, ds, tokenizer):
         fields = list(self.task.text_fields)
