@@ -1,4 +1,4 @@
-"""Result records: one JSON file per run, written atomically; the config hash that identifies a run."""
+"""Result records: one JSON file per run, written atomically; its shape (RunRecord); the config hash."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import os
 import platform
 import subprocess
 import tempfile
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Union, get_args, get_origin, get_type_hints
 
 # Keys that change where things are read or written, not what is computed.
 NON_SEMANTIC_KEYS = ("results_dir", "data_dir", "cache_dir", "force", "offline_fallback", "save_adapter", "tag",
@@ -38,6 +39,146 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
 MODE_ONLY_KEYS: dict[str, tuple[str, Any]] = {"task.loglikelihood": ("eval_mode", "loglikelihood")}
 PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "hydra-core", "numpy", "scikit-learn", "scipy")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# the record's shape
+# ------------------------------------------------------------------------------------------------
+# The number every run record carries in "schema". Bump it only when a key changes meaning or goes away (a new
+# optional key needs no bump: readers ignore what they do not know), and say why in CHANGELOG.md.
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "interrupted")  # "running" lives only in memory: a record is written when a run ends
+
+
+class RecordHead(TypedDict):
+    """The keys every run record starts with, in this order (bench.records.record_head builds them)."""
+
+    schema: int  # SCHEMA_VERSION
+    status: str  # ok | failed | interrupted
+    method: str
+    task: str
+    model: str
+    seed: int
+    tag: Any  # free-form label from the command line (null when none)
+    config_hash: str  # config_hash(config): the run's identity (bench.config.identity)
+    config: dict  # the resolved config that trained
+    overrides: list  # the command line's overrides, as typed
+
+
+class RunRecord(RecordHead, total=False):
+    """One run's JSON file. Which of these keys a record must have depends on its status (RUN_KEYS, OK_KEYS,
+    FAILED_KEYS, PRECHECK_KEYS: record_problems checks them); the others appear when their feature was on."""
+
+    # once the run started (the claim held)
+    git: dict  # commit, dirty
+    versions: dict  # python and the packages of PACKAGES
+    started_at: str
+    precision: dict  # requested, resolved, why (records before train.precision=auto lack it)
+    study: dict  # how the study chose train.lr (bench.study.resolve)
+    claim_taken_over: dict  # the stale claim this run took over (bench.claims)
+    # what was trained and scored (status ok)
+    data: dict  # sizes, subsamples, tokenized_cache_hit
+    params: dict  # bench.params.count_parameters + head_modules
+    logging: dict  # train.report_to: where the Trainer's tracker wrote
+    resume: dict  # the checkpoint a rerun continued from
+    compile: dict  # train.compile: frames, recompiles, graph breaks, compile seconds
+    forgetting: dict  # train.forgetting: the generic-text loss before and after
+    metrics: dict  # the chosen evaluation's metrics
+    metrics_last: dict  # the final evaluation's metrics
+    main_metric: str
+    main_score: float
+    selection: dict  # which evaluation was chosen, on which split
+    predictions: dict  # per-example predictions of the chosen evaluation (bench.predictions)
+    eval_history: list  # every evaluation: epoch, step, metrics
+    train: dict  # the cost figures, loss curve, steps
+    eval: dict  # evaluation seconds and speed
+    method_state: dict  # the method's own account (Method.record_state)
+    adapter_path: str  # save_adapter=true
+    checkpoints: str  # train.keep_checkpoints=true: the folder kept
+    # how it ended
+    error: str  # failed / interrupted: "<ExceptionType>: message"
+    traceback: str
+    resume_hint: str  # interrupted: how to continue
+    failed_before_training: bool  # bad input found before any training (kept only in a sweep)
+    finished_at: str
+    wall_s: float
+    device: dict  # device_info()
+    memory: dict  # bench.cost.memory_figures
+    notes: list  # corrections made to a committed record after its run, one line each
+
+
+RUN_KEYS = ("git", "versions", "started_at", "finished_at", "wall_s", "device", "memory")
+OK_KEYS = ("data", "params", "metrics", "metrics_last", "main_metric", "main_score", "selection", "eval_history",
+           "train", "eval", "method_state")
+FAILED_KEYS = ("error", "traceback")
+PRECHECK_KEYS = ("error", "failed_before_training", "finished_at")  # a sweep's job whose input was invalid
+
+
+def record_head(config: dict, chash: str, overrides, status: str) -> dict:
+    """The first keys of a run record, from the config that trains (its resolved, hashed dict)."""
+    return RecordHead(schema=SCHEMA_VERSION, status=status, method=config["method"]["name"],
+                      task=config["task"]["name"], model=config["model"]["name"], seed=int(config["seed"]),
+                      tag=config.get("tag"), config_hash=chash, config=config, overrides=list(overrides or []))
+
+
+def precheck_failure(config: dict, chash: str, overrides, error: str) -> dict:
+    """The record of a sweep's job whose input was invalid: nothing trained (status failed); ``error`` as the record
+    says it ("BenchError: <message>")."""
+    return RunRecord(**record_head(config, chash, overrides, "failed"), error=error, failed_before_training=True,
+                     finished_at=now())
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    if get_origin(hint) is Union:
+        return any(_type_ok(value, h) for h in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, get_origin(hint) or hint)
+
+
+def record_problems(rec: Any) -> list[str]:
+    """Everything that makes ``rec`` not a run record of this schema (empty list = valid): a key the status needs
+    is missing, a key is not declared in RunRecord, or a value has the wrong type."""
+    if not isinstance(rec, dict):
+        return [f"a record is a JSON object, not {type(rec).__name__}"]
+    hints = get_type_hints(RunRecord)
+    status = rec.get("status")
+    need = list(RecordHead.__annotations__)
+    if rec.get("failed_before_training") and "started_at" not in rec:
+        need += PRECHECK_KEYS
+    else:
+        need += RUN_KEYS + (OK_KEYS if status == "ok" else FAILED_KEYS)
+    out = [f"missing key {k!r} (status {status})" for k in need if k not in rec]
+    out += [f"unknown key {k!r} (declare it in bench.records.RunRecord)" for k in rec if k not in hints]
+    out += [f"{k}={rec[k]!r:.60} is not {getattr(hints[k], '__name__', hints[k])}" for k in rec
+            if k in hints and not _type_ok(rec[k], hints[k])]
+    if rec.get("schema") != SCHEMA_VERSION:
+        out.append(f"schema {rec.get('schema')!r} is not {SCHEMA_VERSION}")
+    if status not in STATUSES:
+        out.append(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    return out
+
+
+def write_record(path: Path, rec: dict) -> None:
+    """Write a run record (atomically). One whose shape is off is still written - it holds the run's results -
+    with one line on stderr naming the problem (a harness bug: tests/test_records.py checks every writer)."""
+    problems = record_problems(rec)
+    if problems:
+        import sys
+
+        print(f"[bench] warning: {Path(path).name} does not match bench.records.RunRecord: {'; '.join(problems)}",
+              file=sys.stderr)
+    write_json_atomic(path, rec)
 
 
 def semantic_config(cfg: dict) -> dict:

@@ -12,7 +12,6 @@ import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -155,13 +154,8 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
         s.check()
     except BenchError as e:
         if sweep:  # a sweep keeps a record of every job, also of one whose input was invalid
-            records.write_json_atomic(path, {
-                "schema": 1, "status": "failed", "method": cfg.method.get("name"), "task": cfg.task.get("name"),
-                "model": cfg.model.get("name"), "seed": int(cfg.seed), "tag": cfg.get("tag"), "config_hash": chash,
-                "config": s.identity.config, "overrides": list(overrides or []), "error": f"BenchError: {e}",
-                "failed_before_training": True,
-                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })
+            records.write_record(path, records.precheck_failure(s.identity.config, chash, overrides,
+                                                                f"BenchError: {e}"))
             e.record_path = str(path)  # type: ignore[attr-defined]  (the sweep's summary names it)
         raise
 
@@ -197,21 +191,8 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None, sweep: bool = Fa
 def _claimed_run(s: RunSetup, overrides, sweep: bool, run_start: float, stale) -> dict:
     """The record of the run, begun, filled by training and evaluation, and written whatever happens."""
     cfg, path = s.cfg, s.identity.path
-    record: dict[str, Any] = {
-        "schema": 1,
-        "status": "running",
-        "method": cfg.method.name,
-        "task": cfg.task.name,
-        "model": cfg.model.name,
-        "seed": int(cfg.seed),
-        "tag": cfg.get("tag"),
-        "config_hash": s.identity.hash,
-        "config": s.identity.config,
-        "overrides": list(overrides or []),
-        "git": records.git_info(),
-        "versions": records.package_versions(),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    record: dict[str, Any] = records.record_head(s.identity.config, s.identity.hash, overrides, "running")
+    record.update(git=records.git_info(), versions=records.package_versions(), started_at=records.now())
     record["precision"] = s.precision  # requested (auto or explicit), resolved (what trained and was hashed), why
     if s.lr_choice is not None:
         record["study"] = s.lr_choice
@@ -235,12 +216,12 @@ def _claimed_run(s: RunSetup, overrides, sweep: bool, run_start: float, stale) -
         e.record_path = str(path)  # type: ignore[attr-defined]
         raise
     finally:
-        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record["finished_at"] = records.now()
         record["wall_s"] = round(time.perf_counter() - run_start, 3)
         record["device"] = records.device_info()
         record["memory"] = memory_figures()
         if record["status"] == "ok" or not record.get("failed_before_training") or sweep:
-            records.write_json_atomic(path, record)
+            records.write_record(path, record)
             record["path"] = str(path)
     return record
 
