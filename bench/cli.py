@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 
 from bench.config.compose import CONF_DIR
+from bench.config.names import check_group_names
 from registry import did_you_mean
 
 USAGE = """usage: python -m bench <command> [key=value ...]
@@ -32,80 +32,13 @@ def _fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-NAMED_GROUPS = ("method", "task", "model", "train", "experiment", "launcher")  # conf/<group>/<name>.yaml
-
-
-def known_names(group: str, search: tuple[Path, ...] = ()) -> list[str]:
-    """The config files of a group: conf/<group>/ and <dir>/<group>/ for each hydra.searchpath folder."""
-    return sorted({p.stem for d in (CONF_DIR, *search) for p in (Path(d) / group).glob("*.yaml")})
-
-
-def searchpath_dirs(argv: list[str]) -> tuple[Path, ...]:
-    """The local folders of a hydra.searchpath=[file:///abs/dir, ...] override (pkg:// entries are left out)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    out: list[Path] = []
-    for arg in argv:
-        if arg.lstrip("+").split("=", 1)[0] != "hydra.searchpath":
-            continue
-        try:
-            value = OverridesParser.create().parse_override(arg.lstrip("+")).value()
-        except (HydraException, ValueError, TypeError):
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            item = str(item)
-            if item.startswith("file://"):
-                out.append(Path(item[len("file://"):]))
-            elif "://" not in item:
-                out.append(Path(item))
-    return tuple(out)
-
-
-def unknown_names_message(group: str, names: list[str], known: list[str]) -> str | None:
-    """The one line for names that are not in conf/<group>/ (None when all are): each with its closest known
-    name, then every known one. `bench params` and `bench run` both say it."""
-    unknown = [n for n in names if n not in known]
-    if not unknown:
-        return None
-    hints = [f"{n!r}{did_you_mean(n, known)}" for n in unknown]
-    return f"unknown {group} {', '.join(hints)}; known: {', '.join(known)}"
-
-
-def check_group_names(argv: list[str]) -> None:
-    """Raise BenchError with that line for the first <group>=<name> override (sweeps too: method=lora,lroa) that
-    names no file under conf/<group>/, before Hydra would print its option list."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    from bench.errors import BenchError
-
-    parser = OverridesParser.create()
-    search = searchpath_dirs(argv)
-    for arg in argv:
-        if "=" not in arg or arg.startswith(("-", "~")):
-            continue
-        key = arg.split("=", 1)[0].lstrip("+")
-        if key not in NAMED_GROUPS:
-            continue
-        try:
-            o = parser.parse_override(arg)
-            names = ([str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override()
-                     else [str(o.get_value_element_as_str())])
-        except (HydraException, ValueError, TypeError):  # left to Hydra, which names the syntax error
-            continue
-        message = unknown_names_message(key, [n for n in names if n != "null"], known_names(key, search))
-        if message:
-            raise BenchError(message)
-
-
 def _run_command(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from bench import runner
     from bench.errors import BenchError, DataUnavailable
+    from bench.run import runner
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def app(cfg):
@@ -144,7 +77,7 @@ def _run_command(argv: list[str]) -> None:
             new_cfg = hydra_compose(config_name="config", overrides=kept + extra + ["offline_fallback=null"])
             return runner.run(new_cfg, kept + extra, sweep=sweep)
 
-    from bench import sweep_status
+    from bench.run import sweep_status
 
     try:
         check_group_names(argv)  # method=lroa: the did-you-mean line, exit 2 (not Hydra's option list)
@@ -152,7 +85,7 @@ def _run_command(argv: list[str]) -> None:
         _fail(str(e))
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if multirun:
-        from bench.preflight import check_sweep
+        from bench.run.preflight import check_sweep
 
         try:
             check_sweep([a for a in argv if a not in ("-m", "--multirun")])
@@ -180,12 +113,12 @@ def _simple(module: str):
 
 COMMANDS = {
     "run": _run_command,
-    "table": _simple("bench.table"),
-    "params": _simple("bench.paramtable"),
-    "perf": _simple("bench.perf"),
-    "plot": _simple("bench.plot"),
-    "report": _simple("bench.report"),
-    "pilot": _simple("bench.pilot"),
+    "table": _simple("bench.analysis.table.command"),
+    "params": _simple("bench.perf.paramtable"),
+    "perf": _simple("bench.perf.driver"),
+    "plot": _simple("bench.analysis.plot"),
+    "report": _simple("bench.report.command"),
+    "pilot": _simple("bench.run.pilot"),
 }
 
 

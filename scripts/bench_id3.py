@@ -125,7 +125,7 @@ def child(args) -> dict:
     train_cfg = dict(lr=args.lr, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
 
     if args.child in ("ours", "ours_std"):
-        from bench.training import method_context
+        from bench.run.training import method_context
         from methods.registry import get_method
 
         method = get_method("id3")

@@ -70,7 +70,7 @@ def test_params_of_an_unknown_method_is_one_line():
 
 
 def test_record_is_group_readable_and_leaves_no_empty_artifact_folder(tmp_path, glue_dir):
-    from bench import runner
+    from bench.run import runner
 
     old = os.umask(0o022)
     try:

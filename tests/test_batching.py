@@ -8,7 +8,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from bench.checkpoint import SeededLengthGroupedSampler, example_lengths
+from bench.run.checkpoint import SeededLengthGroupedSampler
+from bench.tasks.data import example_lengths
 
 
 def _lengths(n=500, seed=0):
@@ -53,7 +54,7 @@ def test_order_depends_on_seed_and_epoch_only():
 def _trainer(tmp_path, model_seed, group):
     from transformers import BertConfig, BertForSequenceClassification
 
-    from bench.training import make_trainer
+    from bench.run.training import make_trainer
     from conftest import compose_cfg
 
     cfg = compose_cfg(["task=sst2", "model=tiny-bert", f"task.group_by_length={str(group).lower()}",

@@ -18,9 +18,9 @@ WRAPPED = {
 
 
 def _apply(name, model_name, *overrides, randomize_up=False):
-    from bench.models import build_model, head_modules
-    from bench.runner import plain, resolve_method
-    from bench.training import method_context
+    from bench.models.build import build_model, head_modules
+    from bench.run.runner import plain, resolve_method
+    from bench.run.training import method_context
 
     task_type, task = MODELS[model_name]
     cfg = compose_cfg([f"method={name}", f"model={model_name}", task, *overrides])
@@ -165,8 +165,8 @@ def test_bad_input_is_one_line(overrides, says):
 @pytest.mark.parametrize("name", ["adapter_series", "adapter_parallel"])
 def test_bench_params_roberta_base_equals_closed_form(name):
     """roberta-base: 12 layers x 2 adapters x (2 * 768 * 64 + 64 + 768) = 2,379,264 (the head apart)."""
-    from bench import paramtable
     from bench.config.compose import compose
+    from bench.perf import paramtable
 
     cfg = compose([f"method={name}", "model=roberta-base", "task=sst2"])
     assert paramtable.count_for(cfg)["trainable_method"] == closed_form(768, 64, 24) == 2_379_264

@@ -1,4 +1,4 @@
-"""Mid-run checkpoints and exact resume; one claim per config (bench/checkpoint.py, bench/claims.py)."""
+"""Mid-run checkpoints and exact resume; one claim per config (bench/run/checkpoint.py, bench/run/locks.py)."""
 
 import json
 import os
@@ -111,7 +111,7 @@ HOLD = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from bench.claims import claim
+from bench.run.locks import claim
 with claim(Path({record!r})):
     print("held", flush=True)
     time.sleep(60)
@@ -120,7 +120,8 @@ with claim(Path({record!r})):
 
 def _record_name(tmp_path, glue_dir, args):
     from conftest import compose_cfg
-    from bench import records, runner
+    from bench.records import store as records
+    from bench.run import runner
 
     cfg = compose_cfg([*args, f"data_dir={glue_dir}", f"results_dir={tmp_path}"])
     config = runner.plain(cfg)

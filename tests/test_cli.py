@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from conftest import compose_cfg, run_cli
 
-from bench import runner
 from bench.errors import BenchError
+from bench.run import runner
 
 TINY = ["model=tiny-bert", "train.max_steps=2", "data.max_train_samples=16", "data.max_eval_samples=8",
         "train.progress=false"]

@@ -74,7 +74,7 @@ def _train(case: str, backend: str | None) -> dict:
     """3 steps + 1 evaluation; what the comparison needs, and the compile figures when compiled."""
     from transformers import BertForSequenceClassification, TrainerControl, TrainerState
 
-    from bench.training import compile_stats
+    from bench.run.training import compile_stats
     from methods import MethodContext, get_method
 
     cfg = _method_cfg(case)
@@ -198,7 +198,7 @@ def test_runner_compiled_run_records_its_compilation(glue_dir, tmp_path):
     the losses equal the eager run's, evaluation runs compiled, the record says what was compiled."""
     from conftest import compose_cfg
 
-    from bench import runner
+    from bench.run import runner
 
     recs = {}
     for compiled in ("false", "true"):
@@ -225,7 +225,7 @@ def test_runner_compiled_run_records_its_compilation(glue_dir, tmp_path):
 def test_config_hash_eager_as_before_compiled_apart():
     """An eager run hashes as if the compile keys did not exist (records written before they did still match,
     so sweeps resume and tables find them); a compiled run is a different run (other dropout draws)."""
-    from bench import records
+    from bench.records import store as records
 
     base = {"seed": 1, "method": {"name": "lora"}, "train": {"lr": 1e-3, "epochs": 3}}
     eager = {**base, "train": {**base["train"], "compile": False, "compile_backend": "inductor", "compile_mode": None}}

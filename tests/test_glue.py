@@ -3,9 +3,9 @@
 import pytest
 from conftest import GLUE_SCHEMAS, compose_cfg
 
-from bench.data import carve
 from bench.errors import BenchError, DataUnavailable
-from bench.tasks import get_family
+from bench.tasks.data import carve
+from bench.tasks.families import get_family
 
 TASKS = sorted(GLUE_SCHEMAS)
 
@@ -89,7 +89,7 @@ def test_missing_columns_is_a_clear_error(tmp_path):
 
 def test_no_data_anywhere_names_both_fixes(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from bench.hub import hub_reachable
+    from bench.models.hub import hub_reachable
 
     hub_reachable.cache_clear()
     _, fam = family_for("rte", tmp_path / "empty", tmp_path)

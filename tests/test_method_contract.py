@@ -112,7 +112,7 @@ def _cfg(name, model):
 
 
 def _build(cfg, task_type):
-    from bench.models import build_model
+    from bench.models.build import build_model
 
     torch.manual_seed(0)
     kw = {"num_labels": 2} if task_type == "seq_cls" else {}
@@ -140,10 +140,10 @@ def test_closed_form_table_covers_every_method():
 @pytest.mark.parametrize("model_name", list(MODELS))
 @pytest.mark.parametrize("name", _methods())
 def test_method_contract(name, model_name):
-    from bench.paramtable import count_for
-    from bench.params import count_parameters
-    from bench.runner import plain, resolve_method
-    from bench.training import method_context
+    from bench.models.params import count_parameters
+    from bench.perf.paramtable import count_for
+    from bench.run.runner import plain, resolve_method
+    from bench.run.training import method_context
     from methods import MethodConfigError
 
     col = list(MODELS).index(model_name)
@@ -152,7 +152,7 @@ def test_method_contract(name, model_name):
     cfg = _cfg(name, model_name)
     method = resolve_method(cfg)
     model = _build(cfg, task_type)
-    heads = __import__("bench.models", fromlist=["head_modules"]).head_modules(model)
+    heads = __import__("bench.models.build", fromlist=["head_modules"]).head_modules(model)
     base_total = count_parameters(model)["total"]
     ctx = method_context(model, task_type, cfg, total_steps=2, heads=heads, cache_dir=str(SAVED / "cache"))
     mcfg = plain(cfg.method)
@@ -224,7 +224,7 @@ from pathlib import Path
 sys.path.insert(0, "tests")
 from conftest import compose_cfg
 import methods  # registers this project's peft types (plain peft loads them after this import)
-from bench.models import build_model
+from bench.models.build import build_model
 from methods.id3 import apply_delta
 from methods.id3.storage import DELTA_FILE
 out = {}

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bench import metrics as M
+from bench.tasks import metrics as M
 
 PREDS = [1, 1, 1, 0, 0]
 LABELS = [1, 1, 0, 1, 0]  # TP=2, FP=1, FN=1, TN=1

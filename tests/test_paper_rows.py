@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from bench import table
+from bench.analysis.table import command as table
+from bench.analysis.table import protocol
 from bench.config.compose import compose
 from bench.config.identity import run_identity
 from bench.config.overrides import merge_overrides
@@ -43,7 +44,7 @@ def row_overrides(row: dict, variant: str | None) -> list[str]:
 @pytest.mark.slow  # one Hydra composition per row x task (about 300): half a minute or more on a loaded machine
 @pytest.mark.parametrize("paper", PAPERS)
 def test_every_runnable_row_composes_for_every_task(paper):
-    from bench import runner
+    from bench.run import runner
 
     spec = table.load_paper(paper)
     exps = experiments_of(paper)
@@ -190,8 +191,8 @@ def test_not_runnable_rows_say_why_and_name_no_method_that_exists():
 
 def test_a_row_without_overrides_needs_a_reason(tmp_path, monkeypatch):
     spec = yaml.safe_load((table.PAPER_DIR / "lora_dash_glue.yaml").read_text())
-    monkeypatch.setattr(table.protocol, "PAPER_DIR", tmp_path)
-    monkeypatch.setattr(table.protocol, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(protocol, "PAPER_DIR", tmp_path)
+    monkeypatch.setattr(protocol, "REPO_ROOT", tmp_path)
     spec["rows"].append({"label": "X", "overrides": None})
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(BenchError, match=r"X\): overrides: null needs not_runnable"):

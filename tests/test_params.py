@@ -3,7 +3,7 @@
 import torch
 from conftest import tiny_bert_config, tiny_llama_config
 
-from bench.params import count_parameters
+from bench.models.params import count_parameters
 from methods import MethodContext, get_method
 
 
@@ -86,9 +86,9 @@ def test_llama_counts(tiny_llama):
 
 def test_bench_params_gives_a_base_method_its_defaults_as_a_run_does():
     """`bench params method=id3 method.base=lora` counts with LoRA's YAML defaults under method.base_cfg (as
-    bench.training.apply_method gives them to a run); before, the base got none and LoRA's validation failed."""
-    from bench import paramtable
+    bench.run.training.apply_method gives them to a run); before, the base got none and LoRA's validation failed."""
     from bench.config.compose import compose
+    from bench.perf import paramtable
 
     cfg = compose(["method=id3", "method.base=lora", "method.budget=1000", "model=roberta-base", "task=rte"])
     counts = paramtable.count_for(cfg)

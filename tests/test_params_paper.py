@@ -3,11 +3,11 @@
 import pytest
 from omegaconf import OmegaConf
 
-from bench import paramtable
-from bench.arch import ARCHS
-from bench.models import build_meta
 from bench.config.compose import CONF_DIR
-from bench.params import count_parameters
+from bench.models.arch import ARCHS
+from bench.models.build import build_meta
+from bench.models.params import count_parameters
+from bench.perf import paramtable
 
 # totals of the published checkpoints (with a 2-label head for the encoders, the LM head for the decoders)
 PUBLISHED_TOTALS = {

@@ -8,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bench import perf
 from bench.errors import BenchError
+from bench.perf import driver as perf
 from bench.perf import driver, options, session
 
 TINY = ["model=tiny-bert", "task=sst2"]
@@ -209,11 +209,11 @@ def test_subprocess_workers_report_their_own_memory(tmp_path):
         assert r["threads"] == 1
 
 
-# --- cost figures of every run (bench/cost.py) ----------------------------------------------------------
+# --- cost figures of every run (bench/run/cost.py) ----------------------------------------------------------
 def test_startup_counts_from_process_start_for_the_first_run_only(monkeypatch):
     import time
 
-    from bench import cost
+    from bench.run import cost
 
     start = cost.process_start()
     now = time.perf_counter()
@@ -229,10 +229,10 @@ def test_startup_counts_from_process_start_for_the_first_run_only(monkeypatch):
 # --- one training step: perf times the Trainer's own step, built by the run's Trainer factory -------------------
 def test_perf_times_the_step_bench_run_trains_with(monkeypatch):
     """perf has no training step of its own: patching the Trainer's step (what `bench run` trains with) changes what
-    perf calls and times, and perf's Trainer comes from the run's factory (bench.training.make_trainer)."""
+    perf calls and times, and perf's Trainer comes from the run's factory (bench.run.training.make_trainer)."""
     import time
 
-    from bench import checkpoint, training
+    from bench.run import checkpoint, training
 
     calls = []
     real_step = checkpoint.CheckpointTrainer.training_step

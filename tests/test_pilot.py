@@ -1,4 +1,4 @@
-"""The pilot (bench/pilot.py): the budget rule on planted curves, the command on planted records, bad input."""
+"""The pilot (bench/run/pilot.py): the budget rule on planted curves, the command on planted records, bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 
 from bench.errors import BenchError
-from bench.pilot import _options, choose_budget, plan
+from bench.run.pilot import _options, choose_budget, plan
 
 TOL = 0.01
 
@@ -130,8 +130,8 @@ def test_a_study_budget_the_pilot_has_not_set_stops_before_training():
     """glue5_study_cpu takes each task's epochs from the pilot ('???' until then): one message, no run."""
     from conftest import compose_cfg
 
-    from bench import study
-    from bench.preflight import check_sweep
+    from bench.config import study
+    from bench.run.preflight import check_sweep
 
     with pytest.raises(BenchError, match=r"study.task_cfg.rte leaves train.epochs unset \(\?\?\?\)"):
         study.apply_method_cfg(compose_cfg(["experiment=glue5_study_cpu", "task=rte", "method=lora"]))
@@ -155,7 +155,7 @@ def test_committed_records_are_restored_so_the_pilot_resumes(tmp_path):
     _, points, _ = plan(args)
     scores = {(p.task, p.method, p.budget): 0.6 for p in points if p.budget < 4}
     _plant(points, scores, tmp_path)
-    from bench import records as R
+    from bench.records import store as R
 
     for p in points:  # planted records need a config that hashes to their name, as real ones have
         if p.path.is_file():

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench import hardware, provenance, records
+from bench.records import hardware, provenance, store as records
 from conftest import compose_cfg
 
 AVX2_ONLY = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu sse2 avx avx2 fma\n"
@@ -45,7 +45,7 @@ def test_explicit_precision_is_kept_and_fp16_never_chosen_on_cpu():
 
 
 def host(monkeypatch, cpuinfo: str) -> None:
-    """This machine's /proc/cpuinfo, as read by bench.hardware, replaced by a given text."""
+    """This machine's /proc/cpuinfo, as read by bench.records.hardware, replaced by a given text."""
     model, flags = hardware.parse_cpuinfo(cpuinfo)
     monkeypatch.setattr(hardware, "_host_cpuinfo", lambda: (model, frozenset(flags)))
 
@@ -106,7 +106,7 @@ def test_device_info_carries_cpu_model_and_flags(monkeypatch):
 
 
 def test_bench_perf_shows_the_capability_and_resolves_auto(tmp_path, monkeypatch, capsys):
-    from bench import perf
+    from bench.perf import driver as perf
 
     host(monkeypatch, AVX2_ONLY)
     rec = perf.main(["model=tiny-bert", "task=sst2", "method=lora", "perf.floor=false", "perf.steps=1",

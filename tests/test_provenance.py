@@ -7,13 +7,13 @@ import hashlib
 import json
 import os
 
-from bench import hardware, provenance, records
+from bench.records import hardware, provenance, store as records
 from conftest import compose_cfg
 from test_precision import AVX2_ONLY, _plain, host
 
 
 def test_a_run_records_precision_hardware_and_data_fingerprints(glue_dir, tmp_path, monkeypatch, capsys):
-    from bench import runner
+    from bench.run import runner
 
     host(monkeypatch, AVX2_ONLY)
     monkeypatch.setattr(hardware, "train_device", lambda: "cpu")
@@ -84,7 +84,7 @@ def test_a_cell_mixing_two_data_fingerprints_is_flagged_once():
 
 
 def test_bench_table_warns_about_a_mixed_cell_and_shows_hardware(tmp_path, capsys):
-    from bench import table
+    from bench.analysis.table import command as table
 
     runs = tmp_path / "runs"
     cpu_a = {"cpu_count": 2, "torch_threads": 2, "cpu_model": "AMD EPYC 7B12"}

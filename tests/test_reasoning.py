@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bench import answers as A
 from bench.errors import BenchError
+from bench.tasks import answers as A
 from bench.tasks import filters as F
 from bench.tasks import generate as G
 from bench.tasks import gsm_symbolic_gen as GS
@@ -117,7 +117,7 @@ def test_normalize_rows_of_each_format():
 
 
 # ------------------------------------------------------------------------------------------------
-# the YAML filters give the same predictions as the Python reference (bench/answers.py) on every task
+# the YAML filters give the same predictions as the Python reference (bench/tasks/answers.py) on every task
 # ------------------------------------------------------------------------------------------------
 NUMBER_TASKS = ["gsm8k", "gsm_symbolic", "svamp", "mawps", "addsub", "multiarith", "singleeq"]
 LABEL_TASKS = ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
@@ -256,7 +256,7 @@ def test_templates_build_the_legacy_rows_of_every_real_set(reasoning_data):
     ],
 )
 def test_bad_templates_and_filters_are_named(tmp_path, override, message):
-    from bench.tasks import get_family
+    from bench.tasks.families import get_family
 
     cfg = compose_cfg(["task=gsm8k", "model=tiny-llama", f"cache_dir={tmp_path}", override])
     with pytest.raises(BenchError, match=message.replace("(", r"\(").replace("|", r"\|")):
@@ -321,7 +321,7 @@ def write_new_math_set(root, n_train=12, n_test=4):
 
 
 def test_a_new_math_set_is_one_yaml(tmp_path):
-    from bench.tasks import get_family
+    from bench.tasks.families import get_family
 
     overrides = write_new_math_set(tmp_path)
     cfg = compose_cfg([*overrides, "model=tiny-llama", f"cache_dir={tmp_path / 'cache'}"])
@@ -340,7 +340,7 @@ def test_a_new_math_set_is_one_yaml(tmp_path):
 @pytest.mark.slow
 def test_a_new_math_set_runs_end_to_end(tmp_path):
     _need_smollm2_gguf()
-    from bench import runner
+    from bench.run import runner
 
     cache = os.environ.get("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     cfg = compose_cfg([*write_new_math_set(tmp_path), "method=lora", "model=tiny-llama", f"results_dir={tmp_path}/runs",
@@ -365,7 +365,7 @@ def small_tokenizer():
     pytest.importorskip(MINILM_PKG)
     from transformers import AutoTokenizer
 
-    from bench.models import package_dir
+    from bench.models.build import package_dir
 
     tok = AutoTokenizer.from_pretrained(str(package_dir(MINILM_PKG, "model")))
     tok.eos_token = "[SEP]"
@@ -471,7 +471,7 @@ def test_gsm_symbolic_is_reproducible_and_disjoint():
 
 def test_gsm_symbolic_family_data(tmp_path):
     pytest.importorskip("reasoning_gym")
-    from bench.tasks import get_family
+    from bench.tasks.families import get_family
 
     cfg = compose_cfg(["task=gsm_symbolic", "model=tiny-llama", f"cache_dir={tmp_path}", "data.max_train_samples=10",
                        "task.generator.train_size=30", "task.generator.test_size=12"])
@@ -495,7 +495,7 @@ def reasoning_data():
 
 
 def _family(task, data_dir, tmp_path, *extra):
-    from bench.tasks import get_family
+    from bench.tasks.families import get_family
 
     cfg = compose_cfg([f"task={task}", "model=tiny-llama", f"data_dir={data_dir}", f"cache_dir={tmp_path}", *extra])
     fam = get_family(cfg.task.family)(cfg, tmp_path)
@@ -554,7 +554,7 @@ def _need_smollm2_gguf():
 def test_run_end_to_end_tiny_llama(tmp_path, method):
     _need_smollm2_gguf()
     pytest.importorskip("reasoning_gym")
-    from bench import runner
+    from bench.run import runner
 
     cache = os.environ.get("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     cfg = compose_cfg([f"method={method}", "task=gsm_symbolic", "model=tiny-llama", f"results_dir={tmp_path}/runs",
@@ -579,7 +579,7 @@ def test_gguf_conversion_is_cached_and_exact(tmp_path):
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
-    from bench import llm
+    from bench.models import llm
 
     mcfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "conf", "model", "smollm2.yaml"))
     folder = llm.convert_gguf(mcfg, tmp_path, verbose=False)

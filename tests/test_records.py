@@ -1,4 +1,4 @@
-"""The run record's shape, defined once (bench.records.RunRecord, SCHEMA_VERSION): every writer of a record and
+"""The run record's shape, defined once (bench.records.store.RunRecord, SCHEMA_VERSION): every writer of a record and
 every committed record match it, and a record that lacks a key its status needs does not."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import pytest
 from conftest import compose_cfg
 from test_golden_hash import RECORDS
 
-from bench import records, runner
 from bench.errors import BenchError
+from bench.records import store as records
+from bench.run import runner
 
 TINY = ["model=tiny-bert", "task=rte", "method=lora", "train.max_steps=1", "data.max_train_samples=8",
         "data.max_eval_samples=4", "train.progress=false"]
@@ -46,7 +47,7 @@ def test_a_missing_key_fails_the_schema(ok_record, key):
 
 def test_an_unknown_key_or_a_wrong_type_fails_the_schema(ok_record):
     assert records.record_problems({**ok_record, "metric": 1}) == [
-        "unknown key 'metric' (declare it in bench.records.RunRecord)"]
+        "unknown key 'metric' (declare it in bench.records.store.RunRecord)"]
     assert records.record_problems({**ok_record, "seed": "1"}) == ["seed='1' is not int"]
     assert records.record_problems({**ok_record, "main_score": None}) == ["main_score=None is not float"]
     assert records.record_problems({**ok_record, "status": "running"})[-1] == (
@@ -78,7 +79,7 @@ def test_a_record_off_the_schema_is_still_written_with_a_warning(tmp_path, capsy
     path = tmp_path / "r.json"
     records.write_record(path, {"status": "ok"})
     assert json.loads(path.read_text()) == {"status": "ok"}  # the run's results are never dropped
-    assert "does not match bench.records.RunRecord: missing key 'schema'" in capsys.readouterr().err
+    assert "does not match bench.records.store.RunRecord: missing key 'schema'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name,rec", RECORDS, ids=[n for n, _ in RECORDS])

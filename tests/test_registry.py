@@ -54,9 +54,9 @@ def test_registry_discovers_once_and_names_a_missing_module():
 
 
 def test_methods_task_families_and_metrics_are_registries():
-    from bench import metrics
     from bench.errors import BenchError
-    from bench.tasks import FAMILIES, get_family
+    from bench.tasks import metrics
+    from bench.tasks.families import FAMILIES, get_family
     from methods.registry import METHODS, UnknownMethodError, get_method
 
     assert all(isinstance(r, Registry) for r in (METHODS, FAMILIES, metrics.METRICS))

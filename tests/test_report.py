@@ -215,7 +215,7 @@ def test_page_in_a_real_browser(browser, tmp_path):
 def test_study_page_size_and_render_time(browser, tmp_path):
     """The committed study (real records: 6 methods x 3 tasks x 3 reported seeds, plus the tuning runs): the page
     stays under 5 MB (asserted) and its render time is measured (logged, not asserted: a shared CPU varies)."""
-    from bench import study_report, study_table
+    from bench.analysis import study_report, study_table
 
     t0 = time.perf_counter()
     path, report = command.build(["experiment=glue_study_cpu", f"results_dir={STUDY_RECORDS}",
@@ -346,8 +346,8 @@ def test_experiment_without_records_lists_the_missing_runs_and_commands(tmp_path
 
 
 def test_paper_experiment_shows_the_papers_numbers_and_fills_the_gaps(tmp_path):
-    """A paper experiment (bench.table's protocol matching): the paper's line under each row, the missing runs, and
-    one `bench run -m` per row that fills them."""
+    """A paper experiment (bench.analysis.table's protocol matching): the paper's line under each row, the missing runs,
+    and one `bench run -m` per row that fills them."""
     import yaml
 
     (tmp_path / "runs").mkdir()

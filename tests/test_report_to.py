@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import compose_cfg, run_cli
 
-from bench import records, runner
 from bench.errors import BenchError
-from bench.report import trackers
+from bench.records import store as records
+from bench.run import runner
+from bench.run import trackers
 
 TINY = ["model=tiny-bert", "train.max_steps=4", "train.logging_steps=1", "data.max_train_samples=16",
         "data.max_eval_samples=8", "train.progress=false", "method=lora", "task=sst2"]

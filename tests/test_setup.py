@@ -1,4 +1,4 @@
-"""One setup path: `bench run`, `bench perf` and `bench params` all start from bench.runner.setup (a RunSetup), so
+"""One setup path: `bench run`, `bench perf` and `bench params` all start from bench.run.runner.setup (a RunSetup), so
 they build the same model, with the same head, and apply the same method with the same options."""
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import pytest
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
-from bench import paramtable, records, runner
+from bench.perf import paramtable
 from bench.perf import options, session
+from bench.records import store as records
+from bench.run import runner
 
 TINY = ["model=tiny-bert", "task=rte"]
 RUN = ["train.max_steps=1", "data.max_train_samples=8", "data.max_eval_samples=4", "train.progress=false"]
@@ -69,7 +71,7 @@ def test_run_perf_and_params_identify_and_count_the_same_model(args, method, tot
 
 
 def test_a_change_planted_in_setup_reaches_run_perf_and_params(monkeypatch, glue_dir, tmp_path):
-    """Plant one change in bench.runner.setup (LoRA's rank halved): all three commands see it, because none sets up
+    """Plant one change in bench.run.runner.setup (LoRA's rank halved): all three commands see it, because none sets up
     a configuration on its own."""
     real = runner.setup
     calls = []

@@ -12,11 +12,11 @@ from torch import nn
 
 from conftest import run_cli
 
-from bench import squad_metrics as SM
 from bench.config.compose import compose
-from bench.data import TaskData, subsample
 from bench.errors import BenchError
-from bench.tasks import get_family
+from bench.tasks import squad_metrics as SM
+from bench.tasks.data import TaskData, subsample
+from bench.tasks.families import get_family
 from bench.tasks.squad import QASettings, answer_token_span, nbest_spans, train_features
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_bad_task_settings_are_rejected_with_a_fix():
 def test_training_part_is_carved_from_validation_disjoint_by_article(tmp_path, monkeypatch):
     if not SQUAD_DEV.is_file():
         pytest.skip(f"SQuAD v1.1 validation not found at {SQUAD_DEV}")
-    monkeypatch.setattr("bench.data.hub_reachable", lambda: False)
+    monkeypatch.setattr("bench.tasks.data.hub_reachable", lambda: False)
     cfg = compose(["task=squad", "model=tiny-bert", f"data_dir={DATA}", "data.max_eval_samples=300"])
     data = get_family("squad")(cfg, tmp_path).load_data()
     assert data.info["carved"]["from"] == "validation" and data.info["carved"]["group_field"] == "title"
@@ -171,7 +171,7 @@ def test_training_part_is_carved_from_validation_disjoint_by_article(tmp_path, m
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer():
-    from bench.models import load_tokenizer
+    from bench.models.build import load_tokenizer
 
     return load_tokenizer(compose(["model=minilm"]).model)
 
@@ -374,9 +374,9 @@ def method_names():
 def test_every_method_trains_the_qa_head_and_counts_it_apart(name):
     from transformers import BertConfig, BertForQuestionAnswering
 
-    from bench.models import head_modules
-    from bench.params import count_parameters
-    from bench.runner import plain
+    from bench.models.build import head_modules
+    from bench.models.params import count_parameters
+    from bench.run.runner import plain
     from methods import MethodConfigError, MethodContext, get_method
 
     if not (ROOT / "conf" / "method" / f"{name}.yaml").is_file():

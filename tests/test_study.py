@@ -15,7 +15,7 @@ def _cfg(glue_dir, *extra):
 
 
 def _data(cfg):
-    from bench.tasks import get_family
+    from bench.tasks.families import get_family
 
     return get_family(cfg.task.family)(cfg, None).load_data()
 
@@ -62,7 +62,7 @@ def test_dev_split_disjoint_stratified_and_the_same_for_every_method_seed_and_lr
 def test_dev_split_keeps_groups_on_one_side():
     import datasets
 
-    from bench.data import carve_dev
+    from bench.tasks.data import carve_dev
 
     rng = np.random.default_rng(0)
     ds = datasets.Dataset.from_dict({"title": [f"t{rng.integers(0, 30)}" for _ in range(300)], "x": list(range(300))})
@@ -87,7 +87,7 @@ def test_dev_split_larger_than_train_is_one_clear_message(big_glue):
 def test_mean_pooling_head_is_the_masked_mean_and_ignores_padding(tiny_bert):
     import torch
 
-    from bench.models import set_pooling
+    from bench.models.build import set_pooling
 
     model = set_pooling(tiny_bert, "mean").eval()
     ids = torch.tensor([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]])
@@ -109,8 +109,8 @@ def test_mean_pooling_head_is_the_masked_mean_and_ignores_padding(tiny_bert):
 def _plant(results, argv, score_fn, n_val=400, seed=0):
     """One ok record per expected hash of the study `argv`, with the dev score and reported predictions
     that score_fn(task, method, seed, lr_index) -> (dev_score, accuracy on the reported split) asks for."""
-    from bench import study_table
-    from bench.predictions import encode_splits
+    from bench.analysis import study_table
+    from bench.records.predictions import encode_splits
 
     st = study_table.expected_runs(argv)
     rng = np.random.default_rng(seed)
@@ -137,7 +137,7 @@ ARGV = [STUDY, "task=rte", "method=lora,ia3,full", "seed=1,2,3"]
 
 
 def test_table_chooses_the_lr_on_dev_even_when_the_reported_split_disagrees(tmp_path):
-    from bench import study_table
+    from bench.analysis import study_table
 
     # dev prefers index 0; the reported split prefers index 2
     def score(task, method, seed, i):
@@ -153,7 +153,7 @@ def test_table_chooses_the_lr_on_dev_even_when_the_reported_split_disagrees(tmp_
 
 
 def test_significance_flags_a_planted_difference_and_not_a_null_one(tmp_path):
-    from bench import study_table
+    from bench.analysis import study_table
 
     acc = {"lora": 0.75, "ia3": 0.75, "full": 0.88}
 
@@ -171,7 +171,8 @@ def test_significance_flags_a_planted_difference_and_not_a_null_one(tmp_path):
 
 
 def test_bootstrap_metrics_equal_the_metrics_on_the_whole_sample():
-    from bench import metrics, stats
+    from bench.analysis import stats
+    from bench.tasks import metrics
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 500)
@@ -196,9 +197,10 @@ def test_reference_row_not_in_the_table_is_one_clear_message(tmp_path):
 # the two stages of a sweep
 # ------------------------------------------------------------------------------------------------
 def test_reporting_seed_runs_only_the_entry_chosen_on_dev(tmp_path):
-    from bench import records, study
-    from bench.errors import BenchError
+    from bench.config import study
     from bench.config.identity import run_identity
+    from bench.errors import BenchError
+    from bench.records import store as records
 
     base = [STUDY, "task=rte", "method=lora", f"results_dir={tmp_path}"]
     with pytest.raises(study.TuningIncomplete, match="run the tuning seeds"):
@@ -239,8 +241,8 @@ def test_bad_sweep_stops_before_anything_trains(tmp_path, glue_dir, bad, message
 # a run: every evaluation scores dev and the reported split; the epoch is chosen on dev
 # ------------------------------------------------------------------------------------------------
 def test_run_selects_the_epoch_on_dev_and_saves_per_example_predictions(tmp_path, big_glue):
-    from bench import runner
-    from bench.predictions import decode_splits
+    from bench.records.predictions import decode_splits
+    from bench.run import runner
 
     cfg = compose_cfg(["model=tiny-bert", "method=lora", "task=sst2", f"data_dir={big_glue}", f"results_dir={tmp_path}",
                        "data.dev_from_train=40", "data.max_train_samples=48", "train.epochs=3", "train.batch_size=8",
@@ -288,7 +290,7 @@ def test_protocol_runs_unchanged_on_glue_tasks_outside_the_study(tmp_path, glue_
 
 
 def test_claims_agree_disagree_or_cannot_tell(tmp_path):
-    from bench import study_report, study_table
+    from bench.analysis import study_report, study_table
 
     claims = tmp_path / "claims.yaml"
     claims.write_text(

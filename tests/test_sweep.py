@@ -18,8 +18,9 @@ import pytest
 import yaml
 from conftest import ROOT, SHARED_DATA, compose_cfg, run_cli
 
-from bench import records, runner
 from bench.errors import BenchError
+from bench.records import store as records
+from bench.run import runner
 
 CONF = ROOT / "conf"
 LAUNCHERS = {
@@ -217,9 +218,9 @@ def test_cpu_variants_only_use_tasks_whose_data_is_here(shared_data):
 def test_every_row_of_every_experiment_composes():
     from methods import available
 
+    from bench.analysis.table.protocol import load_paper
     from bench.config.compose import compose
     from bench.config.overrides import merge_overrides
-    from bench.table import load_paper
 
     have = set(available())
     for f in sorted((CONF / "experiment").glob("*.yaml")):
@@ -227,7 +228,7 @@ def test_every_row_of_every_experiment_composes():
         if root.study.lr_grid:  # a study: every swept method at every grid entry (its rows are its methods)
             from omegaconf import OmegaConf
 
-            from bench import study
+            from bench.config import study
 
             # budgets a pilot has still to set ('???', tests/test_pilot.py checks they stop a run): any value here
             pending = [f"study.task_cfg.{t}.{sec}.{k}=1" for t, node in (root.study.get("task_cfg") or {}).items()

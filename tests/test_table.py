@@ -8,10 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import records, table
+from bench.analysis.table import command as table
+from bench.analysis.table import protocol
+from bench.analysis.table.protocol import Selection
 from bench.config.compose import compose
 from bench.config.identity import run_identity
-from bench.table import Selection
+from bench.records import store as records
 
 PAPER = table.load_paper("lora_dash_glue")
 
@@ -248,7 +250,7 @@ def _plot_selection():
 
 
 def test_plot_points():
-    from bench import plot
+    from bench.analysis import plot
 
     pts = plot._points(_plot_selection())
     assert [p[0] for p in pts["avg"]] == ["LoRA-Dash"]  # Full FT lacks MRPC: no average point
@@ -261,7 +263,7 @@ def test_plot_points():
 def test_plot_pngs(tmp_path, capsys):
     from matplotlib.image import imread
 
-    from bench import plot
+    from bench.analysis import plot
 
     sel = _plot_selection()
     for f in (plot.score_vs_params(sel, tmp_path / "s.png"), plot.loss_curves(sel, tmp_path / "l.png")):
@@ -291,7 +293,7 @@ def test_runs_csv_is_flat(tmp_path):
 # records -> frame in one place; composition through bench.config.compose
 # ------------------------------------------------------------------------------------------------
 def test_main_reads_the_records_once(tmp_path, monkeypatch):
-    from bench.table import frame
+    from bench.analysis.table import frame
 
     runs = tmp_path / "runs"
     write_record(runs, *plain_config("lora", "rte", 1), metrics={"accuracy": 0.6})
@@ -304,7 +306,7 @@ def test_main_reads_the_records_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(frame, "load_records", counting)
     monkeypatch.setattr(table, "load_records", counting)
-    monkeypatch.setattr(table.protocol, "load_records", counting)
+    monkeypatch.setattr(protocol, "load_records", counting)
     table.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
     assert len(calls) == 1
     assert "| 60.00 " in (tmp_path / "t" / "summary.md").read_text()

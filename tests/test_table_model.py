@@ -1,5 +1,5 @@
-"""The table model (bench.table.model): built once from the records, rendered to Markdown and to the HTML report,
-and the same numbers in both - the page reads the model's numbers, it never parses a rendered string."""
+"""The table model (bench.analysis.table.model): built once from the records, rendered to Markdown and to the HTML
+report, and the same numbers in both - the page reads the model's numbers, it never parses a rendered string."""
 
 import html
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from bench import records
-from bench import table as TB
+from bench.analysis.table import command as TB
+from bench.records import store as records
 from bench.report import command
 
 TASKS = ["rte", "sst2"]
@@ -112,7 +112,7 @@ def test_markdown_and_html_show_the_same_numbers(rendered):
 def test_study_page_reads_the_study_table_model():
     """The committed study: the page's main-table cells are the texts of the model summary.md prints, and their
     numbers (means, significance marks) are the model's."""
-    from bench import study_report, study_table
+    from bench.analysis import study_report, study_table
     from bench.report import gather, sources
 
     recs_file = ROOT / "results" / "studies" / "glue_study_cpu" / "records.jsonl.gz"

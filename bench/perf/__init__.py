@@ -11,9 +11,4 @@ step time to the frozen floor and to full fine-tuning. One table on stdout, one 
 - session.py  one method in one process: the run's Trainer, driven step by step; its step is the Trainer's own
 - worker.py   the JSON-lines protocol between the parent and a worker process (``python -m bench.perf --worker``)
 - driver.py   the parent: workers built, warmed up, alternated round by round; the record written
-- report.py   medians and quantiles (numpy), ratios, the table (pandas)
-"""
-
-from bench.perf.driver import main
-
-__all__ = ["main"]
+- report.py   medians and quantiles (numpy), ratios, the table (pandas)"""

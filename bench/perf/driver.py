@@ -155,10 +155,10 @@ def print_help() -> None:
 
 
 def main(argv: list[str]) -> dict:
-    from bench import hardware, records
-    from bench.errors import BenchError
     from bench.config.compose import compose
+    from bench.errors import BenchError
     from bench.perf.session import pick_device
+    from bench.records import hardware, store as records
 
     if any(a in ("-h", "--help", "help") for a in argv):
         print_help()

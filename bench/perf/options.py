@@ -1,5 +1,5 @@
 """`bench perf`'s command line: its options (the Hydra group conf/perf/) and one config per method, settled as a run
-settles it (bench.runner.setup without its checks: a worker checks its own method, so one bad method is one failed
+settles it (bench.run.runner.setup without its checks: a worker checks its own method, so one bad method is one failed
 row)."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def method_configs(methods: list[str], method_ov: list[str], rest: list[str], p:
 
     method.<key>=v reaches every listed method that has <key> (+method.<key>=v adds it to all); perf.method_overrides
     sets a method's keys that the command line leaves alone."""
-    from bench.runner import setup
+    from bench.run.runner import setup
     from methods import available
 
     known = available()

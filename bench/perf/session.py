@@ -1,8 +1,8 @@
 """One method's model, Trainer and batches, kept in one process: the steps it times are the Trainer's own.
 
-The model, its head and the method come from the same code as `bench run`: its setup (`bench.runner.setup`: the
+The model, its head and the method come from the same code as `bench run`: its setup (`bench.run.runner.setup`: the
 config checked, the method and the task family resolved; the family builds the model, `RunSetup.apply_method`
-applies the method), and `bench.training.make_trainer` builds the run's Trainer with the method's optimizer or the
+applies the method), and `bench.run.training.make_trainer` builds the run's Trainer with the method's optimizer or the
 Trainer's AdamW. `Trainer.train()` runs in a thread of this process; two callbacks
 around the method's own hold its loop before each step until the session grants steps, and clock each step from
 the Trainer's `on_step_begin` to its `on_step_end`: `training_step` (forward + backward under the run's autocast),
@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from bench.errors import BenchError
 from bench.perf.options import FLOOR
-from bench.training import compile_stats
+from bench.run.training import compile_stats
 from methods.base import Method
 
 
@@ -229,8 +229,8 @@ class Session:
         t0 = time.perf_counter()
         from transformers import default_data_collator, set_seed
 
-        from bench import training
-        from bench.runner import plain, setup
+        from bench.run import training
+        from bench.run.runner import plain, setup
 
         self.cfg = OmegaConf.create(cfg)
         self.p = p
@@ -356,7 +356,7 @@ class Session:
         return times
 
     def report(self) -> dict:
-        from bench.cost import optimizer_state_bytes, peak_rss_mb
+        from bench.run.cost import optimizer_state_bytes, peak_rss_mb
 
         memory = {
             "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -384,7 +384,8 @@ class Session:
             "method_state": state,
             "compiled": self.compiled,
         }
-        if self.compiled:  # this session's compilation (the figures of bench.training.compile_stats, as differences)
+        if self.compiled:  # this session's compilation (the figures of bench.run.training.compile_stats, as
+                           # differences)
             now = compile_stats()
             out["compile"] = {**{k: round(now[k] - self.compile_at_start[k], 3) for k in now},
                               "frames_in_timed_steps": self.compile_in_timed["frames"],

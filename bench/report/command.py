@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import stats
+from bench.analysis import stats
 from bench.errors import BenchError
 from registry import did_you_mean
 
@@ -45,8 +45,8 @@ def _check_experiment(argv: list[str]) -> None:
 
 
 def _compose(argv: list[str]):
+    from bench.analysis.table.protocol import FILTER_KEYS
     from bench.config.compose import compose
-    from bench.table import FILTER_KEYS
 
     # filters (method=lora,ia3 ...) and the study table's own options are not config overrides
     rest = [a for a in argv if a.split("=", 1)[0] not in (*FILTER_KEYS, "reference")]
@@ -58,7 +58,7 @@ def _compose(argv: list[str]):
 
 def build(argv: list[str]) -> tuple[Path, object]:
     """Gather, draw, render and write; returns (the page's path, the gathered report)."""
-    from bench import study_table
+    from bench.analysis import study_table
     from bench.report import figures, gather, render, sources
 
     opts, argv = _options(argv)

@@ -1,9 +1,9 @@
 """What the page shows, as plain JSON-ready data: the paper-shaped table(s), every cell's runs, the costs of
 `bench perf`, and the gaps (failed, missing, unreadable, off-protocol) with the commands that fill them.
 
-Three modes, the same as `bench table`'s: a study (an experiment with ``study.lr_grid``: bench.study_table /
-bench.study_report), a paper experiment (``experiment=<name>``: bench.table's protocol matching) and plain
-records (no experiment: rows = methods, columns = tasks). The table code is reused through its public
+Three modes, the same as `bench table`'s: a study (an experiment with ``study.lr_grid``: bench.analysis.study_table /
+bench.analysis.study_report), a paper experiment (``experiment=<name>``: bench.analysis.table's protocol matching) and
+plain records (no experiment: rows = methods, columns = tasks). The table code is reused through its public
 functions, so the page shows exactly the numbers `bench table` prints.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from bench import stats
-from bench.report import runs as R
+from bench.analysis import stats
+from bench.report import run_view as R
 from bench.report.sources import Records
 
 
@@ -71,7 +71,7 @@ def _cell(report: Report, row: dict, task: str, views: list[dict]) -> None:
 
 
 def _cell_view(row, column) -> dict:
-    """A cell of the table model (bench.table.model) as the page shows it: its text, its number to sort by, its
+    """A cell of the table model (bench.analysis.table.model) as the page shows it: its text, its number to sort by, its
     significance mark and the lines under it (the paper's number, the delta)."""
     cell = row.cells.get(column.key)
     under = [(u.label.lstrip("↳ ").strip(), u.cells.get(column.key)) for u in row.under]
@@ -83,8 +83,8 @@ def _cell_view(row, column) -> dict:
 # a study
 # ------------------------------------------------------------------------------------------------
 def from_study(argv: list[str], results: str | Path, recs: Records, n_boot: int = stats.N_BOOT) -> Report:
-    from bench import study_report as SR
-    from bench import study_table as ST
+    from bench.analysis import study_report as SR
+    from bench.analysis import study_table as ST
 
     st = ST.build(argv, results, n_boot=n_boot)
     rep = Report(title=f"Study {st.name}: {len(st.methods)} methods on {st.model}", mode="study", results=str(results))
@@ -100,7 +100,7 @@ def from_study(argv: list[str], results: str | Path, recs: Records, n_boot: int 
         "Step ms: median over the method's runs of each run's median step time; process peak RSS: an upper bound "
         "(a worker that ran several jobs reports its peak so far). docs/protocol.md has the protocol.",
     ]
-    from bench.records import NON_SEMANTIC_KEYS
+    from bench.records.store import NON_SEMANTIC_KEYS
 
     matched = [o for o in st.protocol.get("extra_overrides") or []
                if o.split("=", 1)[0].lstrip("+~") not in NON_SEMANTIC_KEYS]
@@ -129,8 +129,8 @@ def from_study(argv: list[str], results: str | Path, recs: Records, n_boot: int 
 
 
 def _study_tables(st, rep: Report) -> None:
-    from bench import study_report as SR
-    from bench import study_table as ST
+    from bench.analysis import study_report as SR
+    from bench.analysis import study_table as ST
 
     lines = []
     for t in st.tasks:
@@ -161,7 +161,7 @@ def _study_tables(st, rep: Report) -> None:
 
 
 def _study_gaps(st, rep: Report, recs: Records) -> None:
-    from bench import study_report as SR
+    from bench.analysis import study_report as SR
 
     extra = list(st.protocol.get("extra_overrides") or [])
     for g in SR.gaps(st):
@@ -184,11 +184,11 @@ def _study_gaps(st, rep: Report, recs: Records) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# a paper experiment, or plain records (bench.table)
+# a paper experiment, or plain records (bench.analysis.table)
 # ------------------------------------------------------------------------------------------------
 def from_table(argv: list[str], results: str | Path, recs: Records) -> Report:
-    from bench import records
-    from bench import table as TB
+    from bench.analysis.table import command as TB
+    from bench.records import store as records
 
     sel = TB.select(argv, results)
     experiment = sel.mode == "experiment"
@@ -250,7 +250,7 @@ def _perf_table(summary: dict) -> tuple[list[str], list[list[str]]]:
 def add_provenance(rep: Report) -> None:
     """Problems at the top of the page: a cell whose runs read different data; notes: step times and memory from
     different hardware (each run's row names its hardware)."""
-    from bench.provenance import mixed_data_lines, mixed_hardware_note
+    from bench.records.provenance import mixed_data_lines, mixed_hardware_note
 
     rep.problems += mixed_data_lines((c["row"], c["task"], rep.runs[r].get("data")) for c in rep.cells
                                      for r in c["runs"] if r in rep.runs)
@@ -267,7 +267,7 @@ def add_sources(rep: Report, recs: Records, perf: list[dict]) -> None:
         rep.problems.append(f"{len(rep.unreadable)} record file(s) could not be read and are left out "
                             "(listed under Failed and missing).")
     for p in perf:
-        from bench.provenance import hardware_label
+        from bench.records.provenance import hardware_label
 
         header, rows = _perf_table(p["results"])
         dev = p.get("device") or {}

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import records
+from bench.records import store as records
 
 
 @dataclass
@@ -19,8 +19,8 @@ class Records:
 
 
 def read(results: str | Path) -> Records:
-    """Run records (*.json, *.json.gz, *.jsonl.gz), as bench.study_table.iter_records reads them."""
-    from bench.study_table import iter_records
+    """Run records (*.json, *.json.gz, *.jsonl.gz), as bench.analysis.study_table.iter_records reads them."""
+    from bench.analysis.table.frame import iter_records
 
     out = Records()
     for source, rec in iter_records(results):

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from bench.data import TaskData
+from bench.tasks.data import TaskData
 
 
 class TaskFamily:
@@ -29,7 +29,7 @@ class TaskFamily:
         """Task-config checks before anything heavy happens."""
 
     def load_data(self) -> TaskData:
-        from bench.data import load_task_data
+        from bench.tasks.data import load_task_data
 
         return load_task_data(self.cfg, self.required_columns())
 
@@ -41,12 +41,12 @@ class TaskFamily:
         """The model build_model builds, with the same head, on the meta device from its architecture alone (no
         weight read or allocated): what `bench params` counts. A family whose build_model changes the architecture
         beyond the transformers class (GLUE's mean pooling) does the same here."""
-        from bench.models import build_meta
+        from bench.models.build import build_meta
 
         return build_meta(self.cfg.model, self.task_type)
 
     def load_tokenizer(self):
-        from bench.models import load_tokenizer
+        from bench.models.build import load_tokenizer
 
         return load_tokenizer(self.cfg.model)
 

@@ -13,7 +13,7 @@ In the manner of lm-evaluation-harness' filter lists, a reasoning task YAML says
 
 An extractor has
 - ``regex``: a jinja2 template over the normalised row (``prompt``, ``labels``, ``options``; the gold is
-  not visible) and ``NUMBER`` (bench/answers.py's number pattern), rendered per row, then compiled;
+  not visible) and ``NUMBER`` (bench/tasks/answers.py's number pattern), rendered per row, then compiled;
 - ``group``: the group read (default 1 when the regex has a group, else the whole match);
 - ``select``: ``first`` | ``last``: the order in which its matches are tried;
 - ``as``: ``value`` (default) | ``option``: the match is a number, answered by the option of that value
@@ -33,8 +33,8 @@ from typing import Any, Optional
 import jinja2
 from jinja2 import meta
 
-from bench import answers as A
 from bench.errors import BenchError
+from bench.tasks import answers as A
 from bench.tasks.templates import TEXT_ENV, compile_template
 
 ANSWER_KINDS = ("number", "letter", "label")

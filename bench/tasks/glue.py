@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from bench import metrics as M
-from bench.data import TaskData
 from bench.errors import BenchError
-from bench.models import build_meta, build_model, set_pooling
+from bench.models.build import build_meta, build_model, set_pooling
+from bench.tasks import metrics as M
 from bench.tasks.base import TaskFamily
+from bench.tasks.data import TaskData
 
 
 def metric_key(name: str, alias: str) -> str:
@@ -26,7 +26,7 @@ class GlueFamily(TaskFamily):
         return list(self.task.text_fields) + [self.task.label_field]
 
     def load_data(self) -> TaskData:
-        from bench.data import load_task_data
+        from bench.tasks.data import load_task_data
 
         # a dev split carved from train keeps the class balance of train
         data = load_task_data(self.cfg, self.required_columns(),
@@ -111,7 +111,7 @@ class GlueFamily(TaskFamily):
         bs = int(self.cfg.train.eval_batch_size)
         order = None
         if self.task.get("group_by_length"):  # batches of similar length (little padding), scored back in row order
-            from bench.checkpoint import example_lengths
+            from bench.tasks.data import example_lengths
 
             order = np.argsort(example_lengths(ds), kind="stable")
             ds = ds.select(order.tolist())

@@ -118,7 +118,7 @@ class LoglikelihoodSpec:
 
     def requests(self, row: dict) -> dict:
         """{'choices', 'gold_index', 'contexts' (one per choice), 'continuations'} of one normalised row."""
-        from bench.answers import json_options
+        from bench.tasks.answers import json_options
 
         options = json_options(row.get("options"))
         choices = [str(x) for x in (row.get("labels") or [])] or list(options)

@@ -31,9 +31,9 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-from bench.data import TaskData
 from bench.errors import BenchError
 from bench.tasks.base import TaskFamily
+from bench.tasks.data import TaskData
 from bench.tasks.filters import FilterSet
 from bench.tasks.templates import DATA_CODE_VERSION, prompt_ids, task_templates, train_templates, uses_chat_template
 
@@ -124,7 +124,7 @@ class ReasoningFamily(TaskFamily):
 
     # --- data ---------------------------------------------------------------------------------
     def load_data(self) -> TaskData:
-        from bench.data import assemble, load_task_data
+        from bench.tasks.data import assemble, load_task_data
 
         if not hasattr(self, "templates"):
             self.validate()
@@ -144,7 +144,7 @@ class ReasoningFamily(TaskFamily):
 
     def _splits_with_train_source(self, cfg):
         """Training rows from another dataset (e.g. SVAMP trained on GSM8K train), evaluation splits from the task."""
-        from bench.data import check_columns, load_split
+        from bench.tasks.data import check_columns, load_split
 
         ts, data_dir = self.task.train_source, cfg.get("data_dir")
         source_task = OmegaConf.merge(ts, {"name": f"{self.task.name} (train source {ts.get('name', ts.local_dir)})"})
@@ -175,12 +175,12 @@ class ReasoningFamily(TaskFamily):
 
     # --- model --------------------------------------------------------------------------------
     def load_tokenizer(self):
-        from bench.llm import load_tokenizer
+        from bench.models.llm import load_tokenizer
 
         return load_tokenizer(self.cfg.model, self.cache_dir)
 
     def build_model(self, tokenizer):
-        from bench.llm import load_causal_lm
+        from bench.models.llm import load_causal_lm
 
         t0 = time.perf_counter()
         model = load_causal_lm(self.cfg.model, self.cache_dir, tokenizer, dtype=self.cfg.model.get("dtype"))

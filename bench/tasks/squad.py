@@ -23,11 +23,11 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from bench import squad_metrics
-from bench.data import TaskData
 from bench.errors import BenchError
-from bench.models import build_model
+from bench.models.build import build_model
+from bench.tasks import squad_metrics
 from bench.tasks.base import TaskFamily
+from bench.tasks.data import TaskData
 from bench.tasks.glue import metric_key  # alias 'default' keeps plain names, others get _<alias>
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

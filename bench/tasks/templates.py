@@ -12,7 +12,7 @@ In the manner of lm-evaluation-harness, a reasoning task YAML holds jinja2 templ
 Templates see the row's columns, ``task`` (the task config as a dict), ``prompt`` (the rendered
 doc_to_text) and ``gold`` (the rendered doc_to_gold); doc_to_choices and doc_to_target are rendered last.
 A column a row lacks is empty (``{% if input %}``), as ``row.get`` would be. Filters for the templates
-(bench/answers.py): gsm8k_gold, strip_calculator_annotations, labels_from_instruction, aqua_options,
+(bench/tasks/answers.py): gsm8k_gold, strip_calculator_annotations, labels_from_instruction, aqua_options,
 and ``alternation`` (a list -> an escaped regex alternation, longest first) for the answer filters
 (bench/tasks/filters.py). A block ``train_source:`` may carry its own columns / doc_to_text / doc_to_target
 (the math sets train on GSM8K rows).
@@ -33,8 +33,8 @@ from typing import Any
 import jinja2
 from jinja2.nativetypes import NativeEnvironment
 
-from bench import answers as A
 from bench.errors import BenchError
+from bench.tasks import answers as A
 
 #: bump when the normalised schema or the rendering changes: part of the cache keys of mapped data
 DATA_CODE_VERSION = 2
