@@ -79,3 +79,44 @@ def test_one_composition_of_conf():
     users = sorted(str(p.relative_to(root.parent)) for p in root.rglob("*.py")
                    if "initialize_config_dir" in p.read_text() or "hydra_compose(" in p.read_text())
     assert users == ["bench/cli.py", "bench/config/compose.py"]
+
+
+def _layers() -> list[str]:
+    """The layers of pyproject.toml's bench/ contract, top to bottom (siblings joined by ':' or '|' split)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    block = re.search(r'containers = \["bench"\]\nlayers = \[\n(.*?)\n\]', text, re.DOTALL)
+    assert block, "pyproject.toml: no layers contract with containers = [\"bench\"]"
+    return [n.strip() for line in re.findall(r'"([^"]+)"', block.group(1)) for n in re.split(r"[:|]", line)]
+
+
+def test_every_part_of_bench_sits_in_a_layer():
+    """A new module or package at the top of bench/ must be placed in the layers contract: one that is not named
+    there would be free to import anything (import-linter checks only the layers it is told)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "bench"
+    parts = {p.stem for p in root.glob("*.py") if p.stem != "__init__"}
+    parts |= {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}
+    assert parts == set(_layers()), (
+        f"not in pyproject.toml's layers: {sorted(parts - set(_layers()))}; "
+        f"named there but gone: {sorted(set(_layers()) - parts)}")
+
+
+def test_package_inits_are_thin():
+    """Every __init__.py of bench/ is a docstring (saying what the package holds) and nothing else: no code,
+    no re-exports; a name is imported from the module that defines it."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "bench"
+    fat = []
+    for init in sorted(root.rglob("__init__.py")):
+        body = ast.parse(init.read_text()).body
+        code = [n for n in body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+                and not (isinstance(n, ast.ImportFrom) and n.module == "__future__")]
+        if code or not ast.get_docstring(ast.parse(init.read_text())):
+            fat.append(str(init.relative_to(root.parent)))
+    assert not fat, f"__init__.py with code or without a docstring: {fat}"
