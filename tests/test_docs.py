@@ -41,11 +41,19 @@ def test_every_cited_doc_and_section_exists():
     assert cited >= 9  # the experiment and paper YAMLs that cite docs/methods.md, at least
 
 
+def papers() -> list[str]:
+    """results/paper/*.yaml that transcribe a paper (source.arxiv); the others are this suite's own rows (a pilot's),
+    which report no numbers (bench.table.load_paper refuses them)."""
+    return sorted(p.stem for p in PAPER_DIR.glob("*.yaml")
+                  if (yaml.safe_load(p.read_text())["source"] or {}).get("arxiv"))
+
+
 def test_methods_doc_has_a_section_per_method_and_cites_each_paper():
     sections = anchors(METHODS_DOC)
     assert {"propulsion", "lora", "ia3", "lora-dash", "id3", "full-fine-tuning", "reported-numbers"} <= sections
     text = METHODS_DOC.read_text()
-    for path in PAPER_DIR.glob("*.yaml"):
+    assert len(papers()) >= 5
+    for path in (PAPER_DIR / f"{name}.yaml" for name in papers()):
         source = yaml.safe_load(path.read_text())["source"]
         assert f"arXiv:{source['arxiv']}" in text and source["venue"] in text, path.name
 
@@ -64,7 +72,7 @@ def reported_tables() -> dict[str, tuple[list[str], dict[str, list[str]]]]:
     return out
 
 
-@pytest.mark.parametrize("paper", sorted(p.stem for p in PAPER_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("paper", papers())
 def test_reported_numbers_in_the_doc_are_the_paper_yamls(paper):
     spec = yaml.safe_load((PAPER_DIR / f"{paper}.yaml").read_text())
     assert "docs/methods.md" in str(spec["source"].get("transcribed_from", ""))

@@ -41,7 +41,8 @@ def load_paper(name: str) -> dict:
 
     A row this suite cannot run (a method it does not have, or one the model family cannot take) has
     ``overrides: null`` and ``not_runnable: <why>``: the table shows its reported numbers, lists it with the
-    reason, and expects no runs of it."""
+    reason, and expects no runs of it. A file whose source names no paper (no ``source.arxiv``: this suite's own
+    rows, e.g. a pilot's) reports no numbers."""
     import yaml
 
     path = PAPER_DIR / f"{name}.yaml"
@@ -63,6 +64,8 @@ def load_paper(name: str) -> dict:
         for t in (row.get("reported") or {}):
             if t not in spec.get("tasks", {}) and t != "avg":
                 problems.append(f"rows[{i}] ({row.get('label')}): reported task {t!r} is not a column")
+        if row.get("reported") and not (spec.get("source") or {}).get("arxiv"):
+            problems.append(f"rows[{i}] ({row.get('label')}): reported numbers need a paper (source.arxiv)")
     if problems:
         raise BenchError(f"{path.relative_to(REPO_ROOT)}: " + "; ".join(problems))
     spec["path"] = str(path.relative_to(REPO_ROOT))

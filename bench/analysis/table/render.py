@@ -123,17 +123,24 @@ def header_lines(sel: Selection) -> list[str]:
     src = sel.paper["source"]
     meta = sel.meta
     matched = [o for o in meta["extra_overrides"] if o.split("=", 1)[0].lstrip("+~") not in NON_SEMANTIC_KEYS]
-    out = [
+    first = (
         f"Experiment {meta['experiment']} ({meta['model']}"
         + (f", {meta['variant']}-scale variant: the paper's numbers are for orientation only" if meta.get("variant") else "")
         + f"); protocol: eval_strategy={meta['eval_strategy']}, "
         f"selection={meta['selection']}; seeds {','.join(map(str, sel.seeds))}."
-        + (f" Extra settings matched: {' '.join(matched)}." if matched else ""),
-        f"Paper: {src.get('title')} ({src.get('authors')}, arXiv {src.get('arxiv')}), {src.get('table')}"
-        + (f"; numbers transcribed from {str(src['transcribed_from']).rstrip('.')}" if src.get("transcribed_from") else "")
-        + ".",
-        "Scores x100, mean ± sample std over seeds ((n=k): fewer seeds than the protocol's); Δ = ours − paper.",
-    ]
+        + (f" Extra settings matched: {' '.join(matched)}." if matched else ""))
+    if not src.get("arxiv"):  # this suite's own table (a pilot): rows of ours only, no paper to compare with
+        out = [first, f"Rows: {src.get('title')}, {src.get('table')}.",
+               "Scores x100, mean ± sample std over seeds ((n=k): fewer seeds than the protocol's)."]
+    else:
+        out = [
+            first,
+            f"Paper: {src.get('title')} ({src.get('authors')}, arXiv {src.get('arxiv')}), {src.get('table')}"
+            + (f"; numbers transcribed from {str(src['transcribed_from']).rstrip('.')}" if src.get("transcribed_from")
+               else "")
+            + ".",
+            "Scores x100, mean ± sample std over seeds ((n=k): fewer seeds than the protocol's); Δ = ours − paper.",
+        ]
     if sel.paper.get("note"):
         out.append(f"Note: {sel.paper['note'].strip()}")
     return out
