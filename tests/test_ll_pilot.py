@@ -21,17 +21,6 @@ EXPERIMENT = "ll_pilot_cpu"
 MODES = ("generate", "loglikelihood")
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(flat(v, key))
-        else:
-            out[key] = v
-    return out
-
-
 @pytest.fixture(scope="module")
 def runs() -> dict[tuple[str, str], tuple[dict, str]]:
     """(row label, task) -> (config, hash), composed as `bench table experiment=ll_pilot_cpu` expects them."""
@@ -59,7 +48,7 @@ def test_both_modes_of_a_model_train_the_same_way(runs):
     """A generate and a log-likelihood run of one model differ in the scoring keys only: same training, same rows."""
     for model in ("Zero-shot", "LoRA (r=32)", "LoRA-Dash (r=32)"):
         for task in ("boolq", "arc_easy"):
-            gen, ll = (flat(records.semantic_config(runs[(f"{model}, {m}", task)][0])) for m in
+            gen, ll = (protocol._flatten(records.semantic_config(runs[(f"{model}, {m}", task)][0])) for m in
                        ("generate", "log-likelihood"))
             differ = {k for k in set(gen) | set(ll) if gen.get(k) != ll.get(k)}
             assert differ and all(k == "task.eval_mode" or k.startswith("task.loglikelihood.") for k in differ), \

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from bench.analysis import stats
 from bench.report import run_view as R
@@ -45,17 +44,9 @@ class Report:
         return sorted({str(r["model"]) for r in self.rows if r.get("model")})
 
 
-def _num(x) -> Optional[float]:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
-
-
 def _seed(x):
     """A seed as an int (pandas keeps a column with gaps as float: 4.0)."""
-    v = _num(x)
+    v = R.as_number(x)
     return int(v) if v is not None and v == int(v) else x
 
 

@@ -16,7 +16,7 @@ TRAIN_KEYS = ("lr", "batch_size", "grad_accum", "epochs", "max_steps", "schedule
 DATA_KEYS = ("max_train_samples", "max_eval_samples", "dev_from_train")
 
 
-def _num(x) -> Optional[float]:
+def as_number(x) -> Optional[float]:
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -27,7 +27,7 @@ def _num(x) -> Optional[float]:
 def score(rec: dict, metric: Optional[str] = None) -> Optional[float]:
     """The cell's score x100: the named metric when the table names one, else the record's main score."""
     v = (rec.get("metrics") or {}).get(metric) if metric else rec.get("main_score")
-    v = _num(v)
+    v = as_number(v)
     return None if v is None else v * SCALE
 
 
@@ -50,7 +50,7 @@ def overrides_of(rec: dict) -> list[str]:
 
 
 def thin(curve: Any, limit: int = MAX_CURVE_POINTS) -> list[list[float]]:
-    pts = [p for p in (curve or []) if isinstance(p, (list, tuple)) and len(p) == 2 and _num(p[1]) is not None]
+    pts = [p for p in (curve or []) if isinstance(p, (list, tuple)) and len(p) == 2 and as_number(p[1]) is not None]
     if len(pts) <= limit:
         return [[p[0], p[1]] for p in pts]
     step = math.ceil(len(pts) / limit)
@@ -80,23 +80,23 @@ def config_brief(rec: dict) -> dict[str, Any]:
 
 def view(rec: dict, source: str, run_id: str, row: str, task: str, metric: Optional[str] = None) -> dict:
     tr, sel = rec.get("train") or {}, rec.get("selection") or {}
-    step = _num(tr.get("step_time_median_s"))
+    step = as_number(tr.get("step_time_median_s"))
     git = rec.get("git") or {}
     study = rec.get("study") or {}
     return {
         "id": run_id, "row": row, "task": task, "method": rec.get("method"), "model": rec.get("model"),
         "seed": rec.get("seed"), "score": score(rec, metric), "main_metric": metric or rec.get("main_metric"),
-        "trainable": _num((rec.get("params") or {}).get("trainable")),
+        "trainable": as_number((rec.get("params") or {}).get("trainable")),
         "step_ms": None if step is None else step * 1000,
-        "peak_mb": _num((rec.get("memory") or {}).get("peak_rss_mb")),
+        "peak_mb": as_number((rec.get("memory") or {}).get("peak_rss_mb")),
         "hardware": hardware_label(rec.get("device")),  # what step_ms / peak_mb were measured on
         "data": data_fingerprint(rec),  # what the run read (bench.records.provenance)
-        "forgetting": _num((rec.get("forgetting") or {}).get("increase")),  # train.forgetting: nats per token
-        "lr": _num(study.get("lr")) if study else _num(((rec.get("config") or {}).get("train") or {}).get("lr")),
-        "steps": tr.get("steps"), "final_loss": _num(tr.get("final_loss")), "wall_s": _num(rec.get("wall_s")),
+        "forgetting": as_number((rec.get("forgetting") or {}).get("increase")),  # train.forgetting: nats per token
+        "lr": as_number(study.get("lr")) if study else as_number(((rec.get("config") or {}).get("train") or {}).get("lr")),
+        "steps": tr.get("steps"), "final_loss": as_number(tr.get("final_loss")), "wall_s": as_number(rec.get("wall_s")),
         "loss_curve": thin(tr.get("loss_curve")),
         "eval_history": [{"epoch": h.get("epoch"), "step": h.get("step"),
-                          "metrics": {k: _num(v) for k, v in (h.get("metrics") or {}).items()}}
+                          "metrics": {k: as_number(v) for k, v in (h.get("metrics") or {}).items()}}
                          for h in (rec.get("eval_history") or []) if isinstance(h, dict)],
         "chosen": {"epoch": sel.get("epoch"), "step": sel.get("step"), "on": sel.get("chosen_on"),
                    "protocol": sel.get("protocol")},

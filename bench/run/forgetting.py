@@ -21,6 +21,7 @@ from typing import Any, Optional
 import torch
 
 from bench.errors import BenchError
+from bench.tasks.loglikelihood import right_padded
 
 SOURCE = "squad/squad/validation.parquet"  # relative to data_dir: SQuAD v1.1 dev, its `context` column
 SAMPLE_SIZE = 32
@@ -78,12 +79,7 @@ def token_loss(model, sequences: list[list[int]], batch_size: int, pad_token_id:
             chunk = [s for s in sequences[start : start + int(batch_size)] if len(s) >= 2]
             if not chunk:
                 continue
-            width = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), width), int(pad_token_id), dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, s in enumerate(chunk):
-                ids[r, : len(s)] = torch.as_tensor(s)
-                mask[r, : len(s)] = 1
+            ids, mask = right_padded(chunk, pad_token_id)
             ids, mask = ids.to(device), mask.to(device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")

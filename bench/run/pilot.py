@@ -364,11 +364,10 @@ def restore(points: list[Point], committed: Path) -> int:
     committed). Only records of this pilot's expected configs, ok, with their own hash; returns how many."""
     from bench.records import store as records
 
-    by_hash = {p.hash: p for p in points}
     n = 0
-    for folder in sorted({p.path.parent for p in points}):
-        n += records.restore(committed, folder, accept=lambda r, f=folder: r.get("config_hash") in by_hash
-                             and by_hash[r["config_hash"]].path.parent == f)
+    for folder in sorted({p.path.parent for p in points}):  # one folder: the pilot's results_dir
+        hashes = {p.hash for p in points if p.path.parent == folder}
+        n += records.restore(committed, folder, accept=lambda r, h=hashes: r.get("config_hash") in h)
     return n
 
 

@@ -206,6 +206,17 @@ def encode_requests(tokenizer, req: dict, prompt_format: str, style: str = "auto
     return ctx_ids, cont_ids
 
 
+def right_padded(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as one right-padded batch: (input_ids, attention_mask), both long."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.as_tensor(s)
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
 def _gather(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log-softmax in float32 at the target ids: logits [..., V], targets [...] -> [...]."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -301,12 +312,7 @@ def _score_prefix(model, examples, todo, out, batch_size, pad_id, device) -> Non
             n_seq += len(examples[todo[start]][1])
             start += 1
         ctxs = [examples[i][0][0] for i in chunk]
-        width = max(len(c) for c in ctxs)
-        ids = torch.full((len(chunk), width), int(pad_id), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, c in enumerate(ctxs):
-            ids[r, : len(c)] = torch.as_tensor(c)
-            mask[r, : len(c)] = 1
+        ids, mask = right_padded(ctxs, pad_id)
         ids, mask = ids.to(device), mask.to(device)
         ends = sorted({len(c) - 1 for c in ctxs})  # each context's last position predicts its choices' first token
         res = _forward(model, torch.as_tensor(ends, device=device), input_ids=ids, attention_mask=mask,
