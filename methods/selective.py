@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from methods.base import MethodConfigError, MethodContext, trains_head
-from methods.id3 import ID3, ID3Options, _plan
+from methods.id3 import ID3, ID3Options, plan_of
 from methods.options import Options, check_train_head
 from methods.registry import register
 
@@ -102,7 +102,7 @@ class FixedMask(ID3):
         o: FixedMaskOptions = self.options(cfg)
         ctx = dataclasses.replace(ctx, train_head=trains_head(o.train_head, ctx.train_head))
         model = ID3.apply(self, model, o.id3(), ctx)
-        plan = _plan(model)
+        plan = plan_of(model)
         params = dict(model.named_parameters())
         for n in plan.scope_names:
             if not self.eligible(n):
@@ -131,7 +131,7 @@ class FixedMask(ID3):
         opt = super().create_optimizer(model, self.options(cfg).id3(), ctx, train_cfg)
         mask = model.__dict__[_MASK_ATTR]  # tensor -> its masked flat indices (the optimizer orders tensors its own way)
         news = [mask[id(p)] for p in opt.selective_params]
-        assert sum(m.numel() for m in news) == _plan(model).budget
+        assert sum(m.numel() for m in news) == plan_of(model).budget
         opt._add_to_mask(news)  # the whole budget before step 0: the static step adds nothing
         return opt
 

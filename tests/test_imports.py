@@ -120,3 +120,21 @@ def test_package_inits_are_thin():
         if code or not ast.get_docstring(ast.parse(init.read_text())):
             fat.append(str(init.relative_to(root.parent)))
     assert not fat, f"__init__.py with code or without a docstring: {fat}"
+
+
+def test_no_private_name_crosses_a_module():
+    """A name that starts with one underscore is its module's own: another module that imports it (at the top or
+    inside a function) depends on an internal that may change without notice. Shared helpers get a public name."""
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    ours = ("bench", "methods", "registry")
+    crossings = []
+    for top in ours:
+        for path in sorted((repo / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ours:
+                    crossings += [f"{path.relative_to(repo)}: from {node.module} import {a.name}"
+                                  for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not crossings, f"private names imported across modules: {crossings}"

@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from bench.analysis.table import command as table
+from bench.analysis.table import command as table_command
+from bench.analysis.table import protocol as table_protocol
 from bench.analysis.table import protocol
 from bench.config.compose import compose
 from bench.config.identity import run_identity
@@ -25,7 +26,7 @@ MODES = ("generate", "loglikelihood")
 def runs() -> dict[tuple[str, str], tuple[dict, str]]:
     """(row label, task) -> (config, hash), composed as `bench table experiment=ll_pilot_cpu` expects them."""
     root = compose([f"experiment={EXPERIMENT}"], hydra=True)
-    spec = table.load_paper(str(root.paper_table))
+    spec = table_protocol.load_paper(str(root.paper_table))
     out = {}
     for row in spec["rows"]:
         for task in root.hydra.sweeper.params.task.split(","):
@@ -88,7 +89,7 @@ def test_a_planted_record_fills_its_cell_and_the_header_names_no_paper(runs, tmp
 
     config, chash = runs[("LoRA (r=32), log-likelihood", "boolq")]
     write_record(tmp_path / "runs", config, chash, metrics={"accuracy": 0.58, "acc": 0.58, "acc_norm": 0.44})
-    table.main([f"experiment={EXPERIMENT}", f"results_dir={tmp_path / 'runs'}", f"+tables_dir={tmp_path / 't'}"])
+    table_command.main([f"experiment={EXPERIMENT}", f"results_dir={tmp_path / 'runs'}", f"+tables_dir={tmp_path / 't'}"])
     out = capsys.readouterr().out
     md = (tmp_path / "t" / f"{EXPERIMENT}.md").read_text()
     row = next(ln for ln in md.splitlines() if ln.startswith("| LoRA (r=32), log-likelihood"))
@@ -102,10 +103,10 @@ def test_a_table_without_a_paper_reports_no_numbers(tmp_path, monkeypatch):
 
     from bench.errors import BenchError
 
-    spec = yaml.safe_load((table.PAPER_DIR / f"{EXPERIMENT}.yaml").read_text())
+    spec = yaml.safe_load((table_protocol.PAPER_DIR / f"{EXPERIMENT}.yaml").read_text())
     spec["rows"][0]["reported"] = {"boolq": 60.0}
     monkeypatch.setattr(protocol, "PAPER_DIR", tmp_path)
     monkeypatch.setattr(protocol, "REPO_ROOT", tmp_path)
     (tmp_path / "own.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(BenchError, match=r"Zero-shot, generate\): reported numbers need a paper \(source.arxiv\)"):
-        table.load_paper("own")
+        table_protocol.load_paper("own")

@@ -300,13 +300,15 @@ def test_zero_steps_scores_by_loglikelihood_with_no_forgetting(tmp_path):
     preds = decode_splits(rec["predictions"])["default"]
     assert float((preds["pred"] == preds["label"]).mean()) == pytest.approx(m["accuracy"], abs=1e-6)
 
-    from bench.analysis.table import command as TB
+    from bench.analysis.table import frame as table_frame
+    from bench.analysis.table import protocol as table_protocol
+    from bench.analysis.table import render as table_render
     from bench.analysis.table.render import FORGETTING_COLUMN
 
-    df = TB.load_records(tmp_path / "runs")
+    df = table_frame.load_records(tmp_path / "runs")
     assert df["forgetting"].tolist() == [0.0]
-    sel = TB.select([], tmp_path / "runs")
-    table = TB.display_table(sel, TB.cell_stats(sel))
+    sel = table_protocol.select([], tmp_path / "runs")
+    table = table_render.display_table(sel, table_frame.cell_stats(sel))
     assert table[FORGETTING_COLUMN].tolist() == ["+0.000 (n=1)"]
     from bench.report import run_view as RR
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from bench.analysis.table import command as table
+from bench.analysis.table import command as table_command
+from bench.analysis.table import protocol as table_protocol
 from bench.analysis.table import protocol
 from bench.config.compose import compose
 from bench.config.identity import run_identity
@@ -16,7 +17,7 @@ from bench.errors import BenchError
 from conftest import ROOT
 from test_table import write_record
 
-PAPERS = sorted(p.stem for p in table.PAPER_DIR.glob("*.yaml"))
+PAPERS = sorted(p.stem for p in table_protocol.PAPER_DIR.glob("*.yaml"))
 CONF = ROOT / "conf"
 QKVUD = ["q", "k", "v", "up", "down"]
 
@@ -46,7 +47,7 @@ def row_overrides(row: dict, variant: str | None) -> list[str]:
 def test_every_runnable_row_composes_for_every_task(paper):
     from bench.run import runner
 
-    spec = table.load_paper(paper)
+    spec = table_protocol.load_paper(paper)
     exps = experiments_of(paper)
     assert (paper, None) in exps, f"no paper-scale experiment conf/experiment/{paper}.yaml"
     # a row whose method has not landed in this checkout is skipped (as tests/test_sweep.py does)
@@ -145,7 +146,7 @@ def _get(cfg, dotted: str):
 def test_every_new_method_row_is_in_the_expected_table():
     have = set()
     for paper in PAPERS:
-        for row in table.load_paper(paper)["rows"]:
+        for row in table_protocol.load_paper(paper)["rows"]:
             method = next((o.split("=", 1)[1] for o in row["overrides"] or [] if o.startswith("method=")), None)
             if method in NEW_METHODS:
                 have.add((paper, row["label"]))
@@ -154,7 +155,7 @@ def test_every_new_method_row_is_in_the_expected_table():
 
 @pytest.mark.parametrize("paper,label", sorted(EXPECTED))
 def test_baseline_row_resolves_to_its_method_and_settings(paper, label):
-    spec = table.load_paper(paper)
+    spec = table_protocol.load_paper(paper)
     row = next(r for r in spec["rows"] if r["label"] == label)
     if not method_exists(row["overrides"]):
         pytest.skip(f"{row['overrides'][0]}: not in this checkout")
@@ -165,7 +166,7 @@ def test_baseline_row_resolves_to_its_method_and_settings(paper, label):
 
 
 def test_cpu_variant_of_a_budget_row_is_the_same_fraction():
-    spec = table.load_paper("id3_glue")
+    spec = table_protocol.load_paper("id3_glue")
     id3, pafi = (next(r for r in spec["rows"] if r["label"] == lab) for lab in ("ID3 (320K)", "PaFi (320K)"))
     assert pafi["variants"]["cpu"] == id3["variants"]["cpu"]
     cfg = compose(["experiment=id3_glue_cpu", *row_overrides(pafi, "cpu"), "task=rte"])
@@ -178,7 +179,7 @@ def test_not_runnable_rows_say_why_and_name_no_method_that_exists():
 
     seen = 0
     for paper in PAPERS:
-        for row in table.load_paper(paper)["rows"]:
+        for row in table_protocol.load_paper(paper)["rows"]:
             if row["overrides"] is not None:
                 continue
             seen += 1
@@ -190,22 +191,22 @@ def test_not_runnable_rows_say_why_and_name_no_method_that_exists():
 
 
 def test_a_row_without_overrides_needs_a_reason(tmp_path, monkeypatch):
-    spec = yaml.safe_load((table.PAPER_DIR / "lora_dash_glue.yaml").read_text())
+    spec = yaml.safe_load((table_protocol.PAPER_DIR / "lora_dash_glue.yaml").read_text())
     monkeypatch.setattr(protocol, "PAPER_DIR", tmp_path)
     monkeypatch.setattr(protocol, "REPO_ROOT", tmp_path)
     spec["rows"].append({"label": "X", "overrides": None})
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(BenchError, match=r"X\): overrides: null needs not_runnable"):
-        table.load_paper("bad")
+        table_protocol.load_paper("bad")
     spec["rows"][-1] = {"label": "X", "overrides": ["method=lora"], "not_runnable": "why"}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(BenchError, match="not_runnable with overrides"):
-        table.load_paper("bad")
+        table_protocol.load_paper("bad")
 
 
 @pytest.mark.slow  # one composition per row of the LLaMA-7B table (14)
 def test_planted_dora_record_fills_its_row_and_unrunnable_rows_are_listed(tmp_path, capsys):
-    spec = table.load_paper("lora_dash_commonsense")
+    spec = table_protocol.load_paper("lora_dash_commonsense")
     dora = next(r for r in spec["rows"] if r["label"] == "DoRA (r=32)")
     cfg = compose(["experiment=lora_dash_commonsense", *dora["overrides"], "task=boolq"])
     cfg.seed = 1
@@ -213,7 +214,7 @@ def test_planted_dora_record_fills_its_row_and_unrunnable_rows_are_listed(tmp_pa
     runs = tmp_path / "runs"
     write_record(runs, identity.config, identity.hash, metrics={"accuracy": 0.701})
 
-    table.main(["experiment=lora_dash_commonsense", "task=boolq", f"results_dir={runs}",
+    table_command.main(["experiment=lora_dash_commonsense", "task=boolq", f"results_dir={runs}",
                 f"+tables_dir={tmp_path / 't'}"])
     out = capsys.readouterr().out
     md = (tmp_path / "t" / "lora_dash_commonsense.md").read_text()

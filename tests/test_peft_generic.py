@@ -47,6 +47,7 @@ def test_presets_are_methods_and_the_generic_one_too():
     ({"peft_type": "LORRA"}, "unknown method.peft_type 'LORRA' (did you mean 'LORA'?); valid peft types: "),
     ({"peft_type": "LOHA", "rr": 4}, "LoHaConfig (LOHA) has no option 'rr' (did you mean 'r'?); valid options: "),
     ({"peft_type": "LORA", "train_head": "maybe"}, "method.train_head must be auto, true or false"),
+    ({"peft_type": "LOHA", "r": 4}, "peft: method.train_head is not set; add `train_head: auto`"),
 ])
 def test_bad_type_or_key_is_one_line(cfg, fragment):
     with pytest.raises(MethodConfigError) as e:
@@ -65,7 +66,7 @@ def test_roles_map_per_architecture_and_head_trains_apart():
     from transformers import LlamaForCausalLM
 
     m = get_method("peft")
-    bert = m.apply(_bert(), {"peft_type": "LOHA", "r": 2, "target_roles": ["q", "up"]}, _bert_ctx())
+    bert = m.apply(_bert(), {"peft_type": "LOHA", "r": 2, "target_roles": ["q", "up"], "train_head": "auto"}, _bert_ctx())
     adapted = {n.rsplit(".hada_w1_a", 1)[0] for n, _ in bert.named_parameters() if "hada_w1_a" in n}
     assert sorted(a.split("encoder.")[1] for a in adapted) == [
         f"layer.{i}.{s}" for i in (0, 1) for s in ("attention.self.query", "intermediate.dense")]
@@ -74,7 +75,7 @@ def test_roles_map_per_architecture_and_head_trains_apart():
     torch.manual_seed(0)
     llama = LlamaForCausalLM(tiny_llama_config())
     ctx = MethodContext("causal_lm", model_type="llama", head_modules=[], train_head=False, total_steps=20)
-    llama = m.apply(llama, {"peft_type": "LOHA", "r": 2, "target_roles": ["v", "down"]}, ctx)
+    llama = m.apply(llama, {"peft_type": "LOHA", "r": 2, "target_roles": ["v", "down"], "train_head": "auto"}, ctx)
     adapted = sorted({n.split("layers.")[1].rsplit(".hada", 1)[0] for n, _ in llama.named_parameters() if "hada_w1_a" in n})
     assert adapted == [f"{i}.{s}" for i in (0, 1) for s in ("mlp.down_proj", "self_attn.v_proj")]
 
@@ -82,13 +83,13 @@ def test_roles_map_per_architecture_and_head_trains_apart():
 def test_targets_matching_nothing_and_prefix_on_an_encoder_are_one_line():
     m = get_method("peft")
     with pytest.raises(MethodConfigError) as e:
-        m.apply(_bert(), {"peft_type": "LORA", "target_modules": ["q_proj"]}, _bert_ctx())
+        m.apply(_bert(), {"peft_type": "LORA", "target_modules": ["q_proj"], "train_head": "auto"}, _bert_ctx())
     assert "target_modules [q_proj] match no module of this bert model" in str(e.value)
     with pytest.raises(MethodConfigError) as e:
         m.apply(_bert(), _preset("prefix_tuning"), _bert_ctx())
     assert "needs a model whose forward takes past_key_values" in str(e.value)
     with pytest.raises(MethodConfigError) as e:
-        m.apply(_bert(), {"peft_type": "LORA", "target_roles": ["gate"]}, _bert_ctx())
+        m.apply(_bert(), {"peft_type": "LORA", "target_roles": ["gate"], "train_head": "auto"}, _bert_ctx())
     assert "roles ['gate'] unknown for 'bert'" in str(e.value)
 
 

@@ -84,7 +84,7 @@ def test_a_cell_mixing_two_data_fingerprints_is_flagged_once():
 
 
 def test_bench_table_warns_about_a_mixed_cell_and_shows_hardware(tmp_path, capsys):
-    from bench.analysis.table import command as table
+    from bench.analysis.table import command as table_command
 
     runs = tmp_path / "runs"
     cpu_a = {"cpu_count": 2, "torch_threads": 2, "cpu_model": "AMD EPYC 7B12"}
@@ -98,7 +98,7 @@ def test_bench_table_warns_about_a_mixed_cell_and_shows_hardware(tmp_path, capsy
                "metrics": {"accuracy": 0.5}, "train": {"steps": 2, "step_time_median_s": 0.1},
                "data": {"fingerprints": {"train": fp}}, "device": dev}
         records.write_json_atomic(records.record_path(runs, config, chash), rec)
-    table.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
+    table_command.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
     out = capsys.readouterr().out
     assert sum("mixes records that read different data" in ln for ln in out.splitlines()) == 1
     assert "2 different machines" in out

@@ -8,14 +8,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.analysis.table import command as table
+from bench.analysis.table import command as table_command
+from bench.analysis.table import frame as table_frame
+from bench.analysis.table import protocol as table_protocol
+from bench.analysis.table import render as table_render
+from bench.errors import BenchError
 from bench.analysis.table import protocol
 from bench.analysis.table.protocol import Selection
 from bench.config.compose import compose
 from bench.config.identity import run_identity
 from bench.records import store as records
 
-PAPER = table.load_paper("lora_dash_glue")
+PAPER = table_protocol.load_paper("lora_dash_glue")
 
 
 def write_record(folder: Path, config: dict, chash: str, *, status="ok", metrics=None, main_metric="accuracy",
@@ -61,7 +65,7 @@ def test_records_mode_mean_std_x100_and_numbers_kept_as_printed(tmp_path, capsys
     write_record(runs, *plain_config("ia3", "rte", 1), metrics={"accuracy": 0.51})
     write_record(runs, *plain_config("ia3", "sst2", 1), status="failed", error="RuntimeError: boom")
 
-    table.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 'tables'}"])
+    table_command.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 'tables'}"])
     out = capsys.readouterr().out
     md = (tmp_path / "tables" / "summary.md").read_text()
     lines = {l.split("|")[1].strip(): l for l in md.splitlines() if l.startswith("| ")}
@@ -83,7 +87,7 @@ def test_records_mode_filters_by_method(tmp_path, capsys):
     runs = tmp_path / "runs"
     write_record(runs, *plain_config("lora", "rte", 1), metrics={"accuracy": 0.6})
     write_record(runs, *plain_config("ia3", "rte", 1), metrics={"accuracy": 0.7})
-    table.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}", "method=ia3"])
+    table_command.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}", "method=ia3"])
     md = (tmp_path / "t" / "summary.md").read_text()
     assert "| ia3 " in md and "| lora " not in md
 
@@ -92,7 +96,7 @@ def test_records_mode_says_when_a_cell_mixes_configs(tmp_path, capsys):
     runs = tmp_path / "runs"
     write_record(runs, *plain_config("lora", "rte", 1), metrics={"accuracy": 0.6})
     write_record(runs, *plain_config("lora", "rte", 1, lr=0.1), metrics={"accuracy": 0.8})
-    table.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
+    table_command.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
     out = capsys.readouterr().out
     assert "| 70.00 " in out and "Mixed: 1 cell(s)" in out and "lora / rte seed 1: 2 configs" in out
 
@@ -127,14 +131,14 @@ def _dash_runs(tasks, shift=1.0, drop=()):
 def test_paper_lines_and_delta():
     tasks = list(PAPER["tasks"])
     sel = _selection(_dash_runs(tasks), tasks)
-    stats = table.cell_stats(sel)
+    stats = table_frame.cell_stats(sel)
     dash = stats[stats["row"] == "LoRA-Dash"].set_index("task")
     for t in tasks:
         assert dash.loc[t, "delta"] == pytest.approx(1.0)
         assert dash.loc[t, "std"] == pytest.approx(0.5)
     assert dash.loc["avg", "mean"] == pytest.approx(89.6475 + 1.0)
     assert dash.loc["avg", "delta"] == pytest.approx(89.6475 + 1.0 - 89.65)
-    shown = table.display_table(sel, stats)
+    shown = table_render.display_table(sel, stats)
     labels = list(shown["Method"])
     i = labels.index("LoRA-Dash")
     assert labels[i + 1] == "↳ paper" and labels[i + 2].startswith("↳ Δ")
@@ -149,8 +153,8 @@ def test_paper_lines_and_delta():
 def test_fewer_seeds_are_marked_and_subset_average_not_compared():
     tasks = ["rte", "mrpc"]
     sel = _selection(_dash_runs(tasks, drop={("rte", 3)}), tasks)
-    stats = table.cell_stats(sel)
-    shown = table.display_table(sel, stats)
+    stats = table_frame.cell_stats(sel)
+    shown = table_render.display_table(sel, stats)
     dash = shown[shown["Method"] == "LoRA-Dash"].iloc[0]
     assert dash["RTE"].endswith("(n=2)")
     assert "(n=" not in dash["MRPC"]
@@ -161,16 +165,16 @@ def test_fewer_seeds_are_marked_and_subset_average_not_compared():
 def test_other_scale_variant_shows_paper_without_delta():
     tasks = ["rte"]
     sel = _selection(_dash_runs(tasks), tasks, variant="cpu")
-    shown = table.display_table(sel, table.cell_stats(sel))
+    shown = table_render.display_table(sel, table_frame.cell_stats(sel))
     assert "↳ paper (full scale)" in list(shown["Method"])
     assert not any(m.startswith("↳ Δ") for m in shown["Method"])
 
 
 def test_paper_files_are_valid_and_cite_their_source():
-    files = sorted(table.PAPER_DIR.glob("*.yaml"))
+    files = sorted(table_protocol.PAPER_DIR.glob("*.yaml"))
     assert len(files) >= 5
     for f in files:
-        spec = table.load_paper(f.stem)
+        spec = table_protocol.load_paper(f.stem)
         src = spec["source"]
         if "arxiv" in src:  # a paper's table; without it this suite's own rows (a pilot's), which report nothing
             assert re.fullmatch(r"\d{4}\.\d{5}", str(src["arxiv"])), f
@@ -187,8 +191,8 @@ def test_paper_files_are_valid_and_cite_their_source():
 
 
 def test_unknown_paper_table_is_an_actionable_error():
-    with pytest.raises(table.BenchError, match="known: .*lora_dash_glue"):
-        table.load_paper("no_such_table")
+    with pytest.raises(BenchError, match="known: .*lora_dash_glue"):
+        table_protocol.load_paper("no_such_table")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,7 +223,7 @@ def test_experiment_mode_matches_by_hash_and_lists_gaps(tmp_path, capsys):
         write_record(runs, config, chash, metrics={"accuracy": v})
     write_record(runs, *off, metrics={"accuracy": 0.99})  # same experiment, other settings
 
-    table.main([*exp, "task=rte,mrpc", f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
+    table_command.main([*exp, "task=rte,mrpc", f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
     out = capsys.readouterr().out
     md = (tmp_path / "t" / "lora_dash_glue.md").read_text()
     dash = next(l for l in md.splitlines() if l.startswith("| LoRA-Dash"))
@@ -285,7 +289,7 @@ def test_plot_pngs(tmp_path, capsys):
 def test_runs_csv_is_flat(tmp_path):
     runs = tmp_path / "runs"
     write_record(runs, *plain_config("lora", "rte", 1), metrics={"accuracy": 0.6})
-    table.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
+    table_command.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
     csv = pd.read_csv(tmp_path / "t" / "runs.csv")
     assert "config" not in csv.columns and "loss_curve" not in csv.columns
     assert csv.loc[0, "metric.accuracy"] == pytest.approx(0.6)
@@ -308,9 +312,9 @@ def test_main_reads_the_records_once(tmp_path, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(frame, "load_records", counting)
-    monkeypatch.setattr(table, "load_records", counting)
+    monkeypatch.setattr(table_command, "load_records", counting)
     monkeypatch.setattr(protocol, "load_records", counting)
-    table.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
+    table_command.main([f"results_dir={runs}", f"+tables_dir={tmp_path / 't'}"])
     assert len(calls) == 1
     assert "| 60.00 " in (tmp_path / "t" / "summary.md").read_text()
 
@@ -328,7 +332,7 @@ def test_load_records_reads_gzip_and_json_lines_and_lists_unreadable_files(tmp_p
             f.write(json.dumps({**rec, "config_hash": f"h{seed}", "seed": seed}) + "\n")
     (runs / "torn.json").write_text("{not json")
     (runs / "perf__x.json").write_text(json.dumps({"kind": "perf", "config_hash": "p", "results": {}}))
-    df = table.load_records(runs)
+    df = table_frame.load_records(runs)
     ok = df[df["status"] == "ok"]
     assert sorted(ok["seed"]) == [1, 2, 3, 4] and sorted(ok["main_score"]) == [0.6] * 4
     assert any(p.endswith("many.jsonl.gz:2") for p in ok["path"])
@@ -339,5 +343,5 @@ def test_load_records_reads_gzip_and_json_lines_and_lists_unreadable_files(tmp_p
 
 
 def test_a_bad_override_is_one_bench_error():
-    with pytest.raises(table.BenchError, match="cannot compose"):
+    with pytest.raises(BenchError, match="cannot compose"):
         compose(["method=no_such_method"])

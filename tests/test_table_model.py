@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from bench.analysis.table import command as TB
+from bench.analysis.table import frame as table_frame
+from bench.analysis.table import model as table_model
+from bench.analysis.table import protocol as table_protocol
+from bench.analysis.table import render as table_render
 from bench.records import store as records
 from bench.report import command
 
@@ -63,10 +66,10 @@ def html_row(page: str, label: str) -> list[tuple[str, str]]:
 def rendered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("model")
     runs = plant(tmp / "runs")
-    sel = TB.select([f"results_dir={runs}"], runs)
-    table = TB.build(sel, TB.cell_stats(sel))
+    sel = table_protocol.select([f"results_dir={runs}"], runs)
+    table = table_render.build(sel, table_frame.cell_stats(sel))
     page, _ = command.build([f"results_dir={runs}", f"report_dir={tmp / 'report'}"])
-    return table, TB.to_markdown(table), page.read_text()
+    return table, table_model.to_markdown(table), page.read_text()
 
 
 def test_the_model_holds_the_numbers_of_the_records(rendered):
@@ -118,7 +121,7 @@ def test_study_page_reads_the_study_table_model():
     recs_file = ROOT / "results" / "studies" / "glue_study_cpu" / "records.jsonl.gz"
     st = study_table.build(["experiment=glue_study_cpu"], recs_file, n_boot=200)
     table = study_report.study_table(st)
-    shown = markdown_rows(TB.to_markdown(table))
+    shown = markdown_rows(table_model.to_markdown(table))
     rep = gather.from_study(["experiment=glue_study_cpu"], recs_file, sources.read(recs_file), n_boot=200)
     for row in rep.rows:
         model_row = next(r for r in table.rows if r.label == row["label"])

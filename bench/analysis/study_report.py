@@ -118,9 +118,10 @@ def study_table(st: Study) -> Table:
         means = []
         for t in st.tasks:
             line = c[c["task"] == t]
+            csv = _csv_line(st, line.iloc[0], rank_of.get((t, m))) if not line.empty else {}
             ok = not line.empty and bool(line.iloc[0]["tuning_complete"])
             if not ok:
-                cells[t] = Cell(cell_text(st, t, m, rank_of))
+                cells[t] = Cell(cell_text(st, t, m, rank_of), csv=csv)
                 continue
             x = line.iloc[0]
             means.append(x["mean"])
@@ -129,7 +130,7 @@ def study_table(st: Study) -> Table:
                             low=None if _n(x["ci_low"]) else float(x["ci_low"]),
                             high=None if _n(x["ci_high"]) else float(x["ci_high"]), sig=_sig(st, t, m),
                             trainable=_first(x["trainable"]), step_ms=_first(x["step_time_ms"]),
-                            scores=list(reported_runs(st, t, m)["score"]))
+                            scores=list(reported_runs(st, t, m)["score"]), csv=csv)
         avg = sum(means) / len(means) if len(means) == len(st.tasks) and means else None
         cells["avg"] = Cell("-" if avg is None else f"{avg:.2f}", value=avg)
         rks = [rank_of[(t, m)] for t in st.tasks if (t, m) in rank_of]
@@ -153,7 +154,7 @@ def study_table(st: Study) -> Table:
         v = majority(st, t)
         base[t] = Cell("-" if v is None else f"{v:.2f}", value=v)
     rows.append(Row("majority class", base, kind="baseline"))
-    return Table(columns, rows, first="method")
+    return Table(columns, rows, first="method", csv_columns=list(SUMMARY_CSV))
 
 
 def main_table(st: Study) -> pd.DataFrame:
@@ -497,21 +498,26 @@ def across_tasks_lines(st: Study) -> list[str]:
             *[f"- {x}" for x in shows(st)], ""]
 
 
-def summary_csv(st: Study) -> pd.DataFrame:
-    rank_of = ranks(st)
-    rows = []
-    for _, c in st.cells.iterrows():
-        r = {k: c.get(k) for k in ("task", "method", "tuning_complete", "lr_index", "lr", "dev_mean", "n", "mean",
-                                   "std", "ci_low", "ci_high", "trainable", "trainable_method", "total",
-                                   "step_time_ms", "peak_rss_mb")}
-        r["seeds"] = " ".join(map(str, c.get("seeds") or [])) if isinstance(c.get("seeds"), list) else ""
-        v = vs(st, c["method"], st.reference, c["task"]) if c["method"] != st.reference else None
-        r.update({"reference": st.reference, "diff_vs_ref": v["diff"] if v else None,
-                  "diff_low": v.get("low") if v else None, "diff_high": v.get("high") if v else None,
-                  "p_bootstrap": v["p"] if v else None, "p_seed_t": v.get("p_seed") if v else None,
-                  "significant": v["significant"] if v else None, "rank": rank_of.get((c["task"], c["method"]))})
-        rows.append(r)
-    return pd.DataFrame(rows)
+SUMMARY_CSV = ("task", "method", "tuning_complete", "lr_index", "lr", "dev_mean", "n", "mean", "std", "ci_low",
+               "ci_high", "trainable", "trainable_method", "total", "step_time_ms", "peak_rss_mb", "seeds", "reference",
+               "diff_vs_ref", "diff_low", "diff_high", "p_bootstrap", "p_seed_t", "significant", "rank")
+
+
+def _csv_line(st: Study, c, rank: Optional[int]) -> dict:
+    """One cell's line of summary.csv (its numbers as the study holds them), kept in the table model's cell."""
+    r = {k: c.get(k) for k in SUMMARY_CSV[:16]}
+    r["seeds"] = " ".join(map(str, c.get("seeds") or [])) if isinstance(c.get("seeds"), list) else ""
+    v = vs(st, c["method"], st.reference, c["task"]) if c["method"] != st.reference else None
+    r.update({"reference": st.reference, "diff_vs_ref": v["diff"] if v else None,
+              "diff_low": v.get("low") if v else None, "diff_high": v.get("high") if v else None,
+              "p_bootstrap": v["p"] if v else None, "p_seed_t": v.get("p_seed") if v else None,
+              "significant": v["significant"] if v else None, "rank": rank})
+    return r
+
+
+def summary_csv(st: Study, table: Optional[Table] = None) -> pd.DataFrame:
+    """summary.csv: the study table model's long form, one line per task x method (tasks outer)."""
+    return (table if table is not None else study_table(st)).csv(by_column=True)
 
 
 def plots(st: Study, out: Path, table: Optional[Table] = None) -> list[Path]:
@@ -566,7 +572,7 @@ def write(st: Study, results, out: Path, command: str) -> list[Path]:
     table = study_table(st)  # the table model: summary.md's main table and the figures read it
     md.write_text(markdown(st, command, table))
     paths.append(md)
-    summary_csv(st).to_csv(out / "summary.csv", index=False)
+    summary_csv(st, table).to_csv(out / "summary.csv", index=False)
     lr_table(st).to_csv(out / "lr_choice.csv", index=False)
     pairs = st.pairs.drop(columns=[c for c in ("seeds",) if c in st.pairs.columns]) if not st.pairs.empty else st.pairs
     pairs.to_csv(out / "pairs.csv", index=False)

@@ -69,3 +69,28 @@ def merge_overrides(overrides: list[str]) -> list[str]:
     for o in overrides:
         out[o.split("=", 1)[0].lstrip("+~")] = o
     return list(out.values())
+
+
+def sweep_lists(argv: list[str], params) -> dict[str, list[str]]:
+    """Every value each swept key takes: the experiment's hydra.sweeper.params, then the command line's."""
+    out = {k: sweep_values(k, v) for k, v in (params or {}).items()}
+    for a in argv:
+        if "=" in a and not a.startswith(("-", "hydra.")):
+            key, value = a.split("=", 1)
+            out[key.lstrip("+~")] = sweep_values(key.lstrip("+~"), value)
+    return out
+
+
+def first_values(argv: list[str]) -> list[str]:
+    """The overrides with every swept key at its first value: the one config a whole sweep is checked on."""
+    out = []
+    for a in argv:
+        if a.startswith("-"):
+            continue
+        if "=" not in a:  # ~key deletes a key
+            out.append(a)
+            continue
+        key, value = a.split("=", 1)
+        vals = sweep_values(key.lstrip("+~"), value)
+        out.append(f"{key}={vals[0]}" if len(vals) > 1 else a)
+    return out

@@ -50,10 +50,10 @@ def load_tokenizer(mcfg: Any):
     try:
         return AutoTokenizer.from_pretrained(where)
     except OSError as e:
-        raise _hub_model_error(mcfg, e) from e
+        raise hub_model_error(mcfg, e) from e
 
 
-def _hub_model_error(mcfg: Any, e: Exception) -> BenchError:
+def hub_model_error(mcfg: Any, e: Exception) -> BenchError:
     why = "the hub is not reachable from this machine" if not hub_reachable() else str(e).splitlines()[0]
     return BenchError(
         f"Cannot load model {mcfg.name!r} ({model_location(mcfg) if mcfg.source != 'tiny' else 'tiny'}): {why}. "
@@ -72,7 +72,7 @@ def build_model(mcfg: Any, task_type: str, tokenizer=None, **head_kwargs) -> nn.
     try:
         return auto.from_pretrained(model_location(mcfg), **head_kwargs)
     except OSError as e:
-        raise _hub_model_error(mcfg, e) from e
+        raise hub_model_error(mcfg, e) from e
 
 
 def tiny_config(mcfg: Any, tokenizer=None, **head_kwargs):

@@ -165,9 +165,9 @@ def load_tokenizer(mcfg: Any, cache_dir: Path | str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
     except OSError as e:
-        from bench.models.build import _hub_model_error
+        from bench.models.build import hub_model_error
 
-        raise _hub_model_error(mcfg, e) from e
+        raise hub_model_error(mcfg, e) from e
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise BenchError(f"model {mcfg.name!r}: its tokenizer has neither a pad nor an EOS token")
@@ -198,9 +198,9 @@ def load_causal_lm(mcfg: Any, cache_dir: Path | str, tokenizer=None, dtype: str 
         try:
             model = AutoModelForCausalLM.from_pretrained(where, **kw)
         except OSError as e:
-            from bench.models.build import _hub_model_error
+            from bench.models.build import hub_model_error
 
-            raise _hub_model_error(mcfg, e) from e
+            raise hub_model_error(mcfg, e) from e
     if tokenizer is not None:
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id

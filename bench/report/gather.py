@@ -178,21 +178,23 @@ def _study_gaps(st, rep: Report, recs: Records) -> None:
 # a paper experiment, or plain records (bench.analysis.table)
 # ------------------------------------------------------------------------------------------------
 def from_table(argv: list[str], results: str | Path, recs: Records) -> Report:
-    from bench.analysis.table import command as TB
+    from bench.analysis.table import frame as table_frame
+    from bench.analysis.table import protocol as table_protocol
+    from bench.analysis.table import render as table_render
     from bench.records import store as records
 
-    sel = TB.select(argv, results)
+    sel = table_protocol.select(argv, results)
     experiment = sel.mode == "experiment"
     title = (f"Experiment {sel.meta.get('experiment')} ({sel.meta.get('model')})" if experiment
              else f"All records under {results}")
     rep = Report(title=title, mode=sel.mode, results=str(results))
-    rep.notes = list(TB.header_lines(sel))
+    rep.notes = list(table_render.header_lines(sel))
     if sel.meta.get("mixed"):
         rep.notes.append(f"Mixed: {len(sel.meta['mixed'])} cell(s) average records of different configs: "
                          + "; ".join(sel.meta["mixed"]))
     rep.tasks = [{"key": t, "label": sel.task_labels.get(t, t)} for t in sel.tasks]
     if sel.rows:
-        table = TB.build(sel, TB.cell_stats(sel))  # the table model bench table renders: numbers, not strings
+        table = table_render.build(sel, table_frame.cell_stats(sel))  # the table model bench table renders: numbers, not strings
         rep.extra_columns = [c.label for c in table.extra]
         for row in table.rows:
             current = {"label": row.label, "method": row.method, "model": row.model,

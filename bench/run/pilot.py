@@ -139,11 +139,11 @@ def plan(rest: list[str]) -> tuple[Any, list[Point], list[str]]:
     """(root config, the pilot's points, its tasks) from the experiment and command-line overrides."""
     from bench.config.compose import compose
     from bench.config.identity import run_identity
-    from bench.run.preflight import _first_values, _sweep_lists
+    from bench.config.overrides import first_values, sweep_lists
 
     points: list[Point] = []
-    root = compose(_first_values(rest), hydra=True)
-    lists = _sweep_lists(rest, root.hydra.sweeper.get("params"))
+    root = compose(first_values(rest), hydra=True)
+    lists = sweep_lists(rest, root.hydra.sweeper.get("params"))
     if "train.epochs" not in lists:
         raise BenchError("a pilot sweeps train.epochs (e.g. hydra.sweeper.params: {train.epochs: 1,2,4}); "
                          f"{root.get('experiment_name')} does not")
@@ -151,7 +151,7 @@ def plan(rest: list[str]) -> tuple[Any, list[Point], list[str]]:
     tasks = lists.get("task", [str(root.task.name)])
     methods = lists.get("method", [str(root.method.name)])
     seed = int(lists.get("seed", [root.seed])[0])
-    fixed = [o for o in _first_values(rest)
+    fixed = [o for o in first_values(rest)
              if o.split("=", 1)[0].lstrip("+~") not in ("task", "method", "train.epochs", "seed")]
     for task in tasks:
         for method in methods:
@@ -166,12 +166,12 @@ def plan(rest: list[str]) -> tuple[Any, list[Point], list[str]]:
 def check_train_splits(root: Any, tasks: list[str], rest: list[str]) -> None:
     """Every task of the pilot must have a training split that can be read here: else one message, no run."""
     from bench.config.compose import compose
-    from bench.run.preflight import _first_values
+    from bench.config.overrides import first_values
     from bench.tasks.data import load_split
 
     problems = []
     for task in tasks:
-        t = compose([*[o for o in _first_values(rest) if not o.startswith("task=")], f"task={task}"]).task
+        t = compose([*[o for o in first_values(rest) if not o.startswith("task=")], f"task={task}"]).task
         split = t.get("train_split")
         if not split:
             problems.append(f"task {task} has no train split (train_split: null): the pilot trains on train; "

@@ -10,34 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.config.overrides import first_values, sweep_lists
 from bench.errors import BenchError
-
-
-def _sweep_lists(argv: list[str], params) -> dict[str, list[str]]:
-    from bench.config.overrides import sweep_values
-
-    out = {k: sweep_values(k, v) for k, v in (params or {}).items()}
-    for a in argv:
-        if "=" in a and not a.startswith(("-", "hydra.")):
-            key, value = a.split("=", 1)
-            out[key.lstrip("+~")] = sweep_values(key.lstrip("+~"), value)
-    return out
-
-
-def _first_values(argv: list[str]) -> list[str]:
-    from bench.config.overrides import sweep_values
-
-    out = []
-    for a in argv:
-        if a.startswith("-"):
-            continue
-        if "=" not in a:  # ~key deletes a key
-            out.append(a)
-            continue
-        key, value = a.split("=", 1)
-        vals = sweep_values(key.lstrip("+~"), value)
-        out.append(f"{key}={vals[0]}" if len(vals) > 1 else a)
-    return out
 
 
 def _train_rows(task, data_dir) -> int | None:
@@ -60,15 +34,15 @@ def check_sweep(argv: list[str]) -> None:
     from bench.config.compose import compose
     from bench.tasks.data import dev_size
 
-    root = compose(_first_values(argv), hydra=True)
-    lists = _sweep_lists(argv, root.hydra.sweeper.get("params"))
+    root = compose(first_values(argv), hydra=True)
+    lists = sweep_lists(argv, root.hydra.sweeper.get("params"))
     problems = []
     methods = lists.get("method", [str(root.method.name)])
     tasks = lists.get("task", [str(root.task.name)])
     method_names = []
     for m in methods:
         try:
-            method_names.append(str(compose([*_first_values(argv), f"method={m}"]).method.name))
+            method_names.append(str(compose([*first_values(argv), f"method={m}"]).method.name))
         except BenchError:
             method_names.append(m)  # an unknown method: its run says so with the known names
     st = root.get("study")
@@ -93,13 +67,13 @@ def check_sweep(argv: list[str]) -> None:
                 problems.append(f"study.lr_index={v} is not a grid entry ({span} or tuned)")
         for t in tasks:  # a per-task setting the pilot has not filled in yet (???) stops the whole sweep
             try:
-                S.apply_method_cfg(compose([*_first_values(argv), f"task={t}"]))
+                S.apply_method_cfg(compose([*first_values(argv), f"task={t}"]))
             except BenchError as e:
                 problems.append(str(e))
     spec = root.data.get("dev_from_train")
     if spec not in (None, 0):
         for t in tasks:
-            cfg = compose([*_first_values(argv), f"task={t}"])
+            cfg = compose([*first_values(argv), f"task={t}"])
             if cfg.data.get("carve_train_from"):
                 continue
             rows = _train_rows(cfg.task, cfg.get("data_dir"))

@@ -222,7 +222,7 @@ class ID3(Method):
         return model
 
     def create_optimizer(self, model, cfg, ctx, train_cfg) -> ID3Optimizer:
-        plan = _plan(model)
+        plan = plan_of(model)
         params = dict(model.named_parameters())
         decay = _decay_names(model)
         wd = float(train_cfg["weight_decay"])
@@ -252,10 +252,10 @@ class ID3(Method):
 
     def trainable_parameters(self, model, cfg) -> Optional[int]:
         """The selective count min(B, scope entries) only; the harness counts the dense head apart."""
-        return _plan(model).budget
+        return plan_of(model).budget
 
     def record_state(self, model, cfg) -> dict:
-        plan = _plan(model)
+        plan = plan_of(model)
         opt: Optional[ID3Optimizer] = getattr(model, _OPT_ATTR, None)
         state = {
             "budget": plan.budget,
@@ -294,7 +294,7 @@ class ID3(Method):
         opt = getattr(model, _OPT_ATTR, None)
         if opt is None:
             raise RuntimeError("ID3.save needs the run's optimizer: call create_optimizer (and train) first")
-        meta = {k: v for k, v in asdict(_plan(model)).items() if k not in ("scope_names", "head_names")}
+        meta = {k: v for k, v in asdict(plan_of(model)).items() if k not in ("scope_names", "head_names")}
         meta.update(steps=opt.steps, unmasked=opt.unmasked_count(), changed_entries=opt.changed_count())
         save_delta(model, opt, path, metadata=meta)
 
@@ -314,7 +314,8 @@ def _in_backward(mode, train_cfg: Mapping[str, Any]) -> bool:
     return bool(mode)
 
 
-def _plan(model) -> ID3Plan:
+def plan_of(model) -> ID3Plan:
+    """The ID3 plan that ID3.apply attached to the model (its budget, scope and base method)."""
     plan = getattr(model, _PLAN_ATTR, None)
     if plan is None:
         raise RuntimeError("this model was not prepared by ID3.apply (no ID3 plan attached)")

@@ -111,7 +111,12 @@ class PeftMethod(Method):
                 f"{cls.__name__} ({str(cfg.get('peft_type')).upper()}) has no option {hints}; valid options: "
                 f"{', '.join(sorted(valid))} (and the suite's {', '.join(SUITE_KEYS)})"
             )
-        check_train_head(cfg.get("train_head", "auto"))  # a suite key, absent from a bare peft config: the task decides
+        if "modules_to_save" in {f.name for f in dataclasses.fields(cls)} and not _is_prompt_learning(cls):
+            if "train_head" not in cfg:  # its default lives in the YAML (conf/method/peft.yaml), never here
+                raise MethodConfigError(
+                    f"{cfg.get('name', self.name)}: method.train_head is not set; add `train_head: auto` (the task "
+                    "decides), true or false to the method's YAML, or pass +method.train_head=auto")
+            check_train_head(cfg["train_head"])
         return cls, peft_kw, roles
 
     def peft_config(self, cfg: Mapping[str, Any], ctx: MethodContext, model: nn.Module | None = None):
@@ -129,7 +134,7 @@ class PeftMethod(Method):
                 raise MethodConfigError(f"{self.name}: peft prompt learning has no task type for {ctx.task_type!r}")
             kw["task_type"] = _TASK_TYPES[ctx.task_type]
         elif "modules_to_save" in {f.name for f in dataclasses.fields(cls)}:
-            kw["modules_to_save"] = head_to_save(cfg.get("train_head", "auto"), ctx)
+            kw["modules_to_save"] = head_to_save(cfg["train_head"], ctx)
         if cls.__name__ == "AdaLoraConfig":
             kw.update(resolve_schedule(kw, ctx.total_steps))
             # a task-typed PeftModel calls the tuner's forward, where peft adds the orthogonal regulariser to the

@@ -22,35 +22,11 @@ import sys
 from pathlib import Path
 
 from bench.analysis import stats
-from bench.analysis.table.frame import (
-    SCALE, cell_stats, count_range, flat_csv, iter_records, load_records, record_row, scores,
-)
-from bench.analysis.table.model import Cell, Column, Row, Table
+from bench.analysis.table.frame import cell_stats, flat_csv, load_records
 from bench.analysis.table.model import to_latex, to_markdown
-from bench.analysis.table.protocol import (
-    FILTER_KEYS,
-    PAPER_DIR,
-    REPO_ROOT,
-    TABLE_ONLY_KEYS,
-    Selection,
-    config_diff,
-    fill_commands,
-    load_paper,
-    select,
-    select_experiment,
-    select_records,
-    split_filters,
-)
-from bench.analysis.table.render import build, display_table, gap_lines, header_lines
+from bench.analysis.table.protocol import REPO_ROOT, select, split_filters
+from bench.analysis.table.render import build, gap_lines, header_lines
 from bench.errors import BenchError
-
-__all__ = [
-    "FILTER_KEYS", "PAPER_DIR", "REPO_ROOT", "SCALE", "STUDY_ONLY_KEYS", "TABLE_ONLY_KEYS", "BenchError",
-    "Cell", "Column", "Row", "Selection", "Table", "build", "cell_stats", "config_diff", "count_range", "display_table", "fill_commands",
-    "flat_csv", "gap_lines", "header_lines", "iter_records", "load_paper", "load_records", "main",
-    "record_row", "scores", "select", "select_experiment", "select_records", "split_filters",
-    "to_latex", "to_markdown",
-]  # fmt: skip
 
 STUDY_ONLY_KEYS = ("reference", "n_boot")  # `bench table` options of a study table, not config keys
 

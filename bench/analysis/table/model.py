@@ -78,9 +78,12 @@ class Table:
         data = [[line.label, *((line.cells.get(c.key) or Cell()).text for c in self.columns)] for line in self.lines()]
         return pd.DataFrame(data, columns=[self.first, *(c.label for c in self.columns)])
 
-    def csv(self) -> pd.DataFrame:
-        """The long form: one line per cell that has one (rows in order, then columns in order)."""
-        recs = [cell.csv for r in self.rows for c in self.columns if (cell := r.cells.get(c.key)) and cell.csv]
+    def csv(self, by_column: bool = False) -> pd.DataFrame:
+        """The long form: one line per cell that has one (rows in order, then columns in order; by_column: columns
+        outer, as a study's summary.csv lists tasks)."""
+        pairs = ([(r, c) for c in self.columns for r in self.rows] if by_column
+                 else [(r, c) for r in self.rows for c in self.columns])
+        recs = [cell.csv for r, c in pairs if (cell := r.cells.get(c.key)) and cell.csv]
         return pd.DataFrame(recs, columns=self.csv_columns)
 
 
