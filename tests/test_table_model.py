@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from bench.analysis import stats
 from bench.analysis.table import frame as table_frame
 from bench.analysis.table import model as table_model
 from bench.analysis.table import protocol as table_protocol
@@ -79,6 +80,8 @@ def test_the_model_holds_the_numbers_of_the_records(rendered):
     cell = row.cells["sst2"]
     assert cell.value == pytest.approx(statistics.mean(xs)) and cell.std == pytest.approx(statistics.stdev(xs))
     assert cell.n == 2 and cell.trainable == 16_898 + 1538
+    _, _, low, high = stats.t_interval(xs)  # the 95% t-interval over seeds, which the report's figures draw
+    assert (cell.low, cell.high) == (pytest.approx(low), pytest.approx(high)) and low < cell.value < high
     assert row.cells["seeds"].value == 3 and row.cells["trainable"].value == 16_898
     assert row.cells["forgetting"].value == pytest.approx(statistics.mean(0.01 * s + 0.003 for s in (1, 2, 3, 1, 2)))
     csv = table.csv()  # the long form: the same numbers
@@ -135,3 +138,23 @@ def test_study_page_reads_the_study_table_model():
             assert row["extra"][col.label]["text"] == shown[row["label"]][col.label]
             assert row["extra"][col.label]["sort"] == model_row.cells[col.key].value
     assert json.dumps([b["label"] for b in rep.baseline]) == '["majority class"]'
+
+
+def test_the_pareto_figures_plot_the_models_numbers(rendered, tmp_path):
+    """The report's figure cells (a mean with its interval per row and task) are the table model's cells, and the
+    figure's mean marker and error bar carry them."""
+    from bench.report import figures, gather, sources
+
+    table, _, _ = rendered
+    runs = plant(tmp_path / "runs")
+    rep = gather.from_table([f"results_dir={runs}"], runs, sources.read(runs))
+    assert len(rep.cells) == len(table.rows) * len(TASKS)
+    for c in rep.cells:
+        cell = next(r for r in table.rows if r.label == c["row"]).cells[c["task"]]
+        assert (c["mean"], c["std"], c["lo"], c["hi"]) == (cell.value, cell.std, cell.low, cell.high)
+    fig = json.loads(next(f["json"] for f in figures.build(rep)["pareto"] if f["task"]["key"] == "sst2"))
+    mean = next(t for t in fig["data"] if t["meta"] == {"row": "ia3", "model": "tiny", "task": "sst2", "kind": "mean"})
+    cell = next(r for r in table.rows if r.label == "ia3").cells["sst2"]
+    assert mean["y"] == [pytest.approx(cell.value)]
+    assert mean["error_y"]["array"] == [pytest.approx(cell.high - cell.value)]
+    assert mean["error_y"]["arrayminus"] == [pytest.approx(cell.value - cell.low)]

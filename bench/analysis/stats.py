@@ -37,6 +37,14 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return mean, std, mean - half, mean + half
 
 
+def t_bounds(mean: float, std: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """(low, high) of t_interval from a mean, its sample std and its count (NaN for fewer than two values)."""
+    if n < 2 or mean is None or std is None or math.isnan(mean) or math.isnan(std):
+        return math.nan, math.nan
+    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
 def seed_paired_t(a: Sequence[float], b: Sequence[float]) -> float:
     """p of a paired t-test over seeds (NaN with fewer than two pairs or no spread of the differences)."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)

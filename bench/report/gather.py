@@ -50,14 +50,14 @@ def _seed(x):
     return int(v) if v is not None and v == int(v) else x
 
 
-def _cell(report: Report, row: dict, task: str, views: list[dict]) -> None:
+def _cell(report: Report, row: dict, task: str, views: list[dict], cell=None) -> None:
+    """One (row, task) of the page: its runs, and the mean, std and 95% interval the table model's cell holds (the
+    Pareto figures plot these numbers, not a second computation)."""
     for v in views:
         report.runs[v["id"]] = v
-    scores = [v["score"] for v in views if v["score"] is not None]
-    mean, std, lo, hi = stats.t_interval(scores) if scores else (math.nan,) * 4
+    get = (lambda k: getattr(cell, k)) if cell is not None else (lambda k: None)
     report.cells.append({"row": row["label"], "task": task, "model": row.get("model"), "runs": [v["id"] for v in views],
-                         "mean": None if math.isnan(mean) else mean, "std": None if math.isnan(std) else std,
-                         "lo": None if math.isnan(lo) else lo, "hi": None if math.isnan(hi) else hi,
+                         "mean": get("value"), "std": get("std"), "lo": get("low"), "hi": get("high"),
                          "text": (row["cells"].get(task) or {}).get("text", "-")})
 
 
@@ -113,7 +113,7 @@ def from_study(argv: list[str], results: str | Path, recs: Records, n_boot: int 
                 rec = recs.by_hash.get(r["hash"]) or recs.by_source.get(r["source"])
                 if rec is not None:
                     views.append(R.view(rec, r["source"], f"r{len(rep.runs) + len(views)}", label, t))
-            _cell(rep, row, t, views)
+            _cell(rep, row, t, views, line.cells.get(t))
     _study_tables(st, rep)
     _study_gaps(st, rep, recs)
     return rep
@@ -211,7 +211,7 @@ def from_table(argv: list[str], results: str | Path, recs: Records) -> Report:
                     if rec is not None:
                         views.append(R.view(rec, r["path"], f"r{len(rep.runs) + len(views)}", label, t,
                                             sel.metrics.get(t)))
-                _cell(rep, current, t, views)
+                _cell(rep, current, t, views, row.cells.get(t))
     unreadable = {u["source"] for u in recs.unreadable}
     for f in sel.failed:
         if f.get("status") == "unreadable" or f.get("path") in unreadable:

@@ -7,8 +7,9 @@ from typing import Optional
 
 import pandas as pd
 
+from bench.analysis.stats import t_bounds
 from bench.analysis.table.frame import STAT_COLUMNS, count_range
-from bench.analysis.table.model import Cell, Column, Row, Table, to_latex, to_markdown  # noqa: F401  (re-exported)
+from bench.analysis.table.model import Cell, Column, Row, Table
 from bench.analysis.table.protocol import Selection
 
 
@@ -68,8 +69,9 @@ def build(sel: Selection, stats: pd.DataFrame) -> Table:
         for t in sel.tasks:
             mean, std, n = st.loc[t, "mean"], st.loc[t, "std"], int(st.loc[t, "n"])
             sub = runs[runs["task"] == t] if len(runs) else runs
-            cells[t] = Cell(_fmt(mean, std, n, nexp), value=_num(mean), std=_num(std), n=n,
-                            paper=st.loc[t, "paper"], delta=_num(st.loc[t, "delta"]),
+            low, high = t_bounds(mean, std, n)  # the 95% t-interval over seeds (the report's figures)
+            cells[t] = Cell(_fmt(mean, std, n, nexp), value=_num(mean), std=_num(std), n=n, low=_num(low),
+                            high=_num(high), paper=st.loc[t, "paper"], delta=_num(st.loc[t, "delta"]),
                             trainable=_median(sub["trainable"]) if len(sub) and "trainable" in sub else None,
                             csv=csv[(label, t)])
         avg = st.loc["avg", "mean"]
