@@ -1,5 +1,5 @@
-"""Issue 25's pilot (conf/experiment/ll_pilot_cpu.yaml, rows in results/paper/ll_pilot_cpu.yaml): its twelve runs
-compose to twelve distinct configs; the generate and the log-likelihood run of one model differ only in how they
+"""Issue 25's pilot (conf/experiment/ll_pilot_cpu.yaml, rows in results/paper/ll_pilot_cpu.yaml): its sixteen runs
+compose to sixteen distinct configs; the generate and the log-likelihood run of one model differ only in how they
 are scored (so they train the same way); every run reads the same evaluation rows; the committed records are the
 protocol's runs. Compositions only: no model is loaded."""
 
@@ -36,21 +36,24 @@ def runs() -> dict[tuple[str, str], tuple[dict, str]]:
     return out
 
 
-def test_the_pilot_is_twelve_distinct_runs(runs):
-    assert len(runs) == 12  # 3 models x 2 modes x 2 tasks
-    assert len({h for _, h in runs.values()}) == 12
+def test_the_pilot_is_sixteen_distinct_runs(runs):
+    assert len(runs) == 16  # (3 models x 2 modes + 2 models scored on their trained answer) x 2 tasks
+    assert len({h for _, h in runs.values()}) == 16
     for (label, task), (cfg, _) in runs.items():
         assert cfg["experiment_name"] == EXPERIMENT and cfg["model"]["name"] == "smollm2"
-        mode = "loglikelihood" if label.endswith("log-likelihood") else "generate"
+        mode = "loglikelihood" if "log-likelihood" in label else "generate"
         assert cfg["task"]["eval_mode"] == mode and cfg["task"]["name"] == task, (label, task)
+        assert (cfg["task"]["loglikelihood"]["prompt_format"] == "model") == label.endswith("trained answer")
 
 
 def test_both_modes_of_a_model_train_the_same_way(runs):
     """A generate and a log-likelihood run of one model differ in the scoring keys only: same training, same rows."""
-    for model in ("Zero-shot", "LoRA (r=32)", "LoRA-Dash (r=32)"):
+    pairs = [(m, "log-likelihood") for m in ("Zero-shot", "LoRA (r=32)", "LoRA-Dash (r=32)")]
+    pairs += [(m, "log-likelihood of the trained answer") for m in ("Zero-shot", "LoRA (r=32)")]
+    for model, scoring in pairs:
         for task in ("boolq", "arc_easy"):
             gen, ll = (protocol._flatten(records.semantic_config(runs[(f"{model}, {m}", task)][0])) for m in
-                       ("generate", "log-likelihood"))
+                       ("generate", scoring))
             differ = {k for k in set(gen) | set(ll) if gen.get(k) != ll.get(k)}
             assert differ and all(k == "task.eval_mode" or k.startswith("task.loglikelihood.") for k in differ), \
                 (model, task, sorted(differ))
@@ -95,7 +98,7 @@ def test_a_planted_record_fills_its_cell_and_the_header_names_no_paper(runs, tmp
     row = next(ln for ln in md.splitlines() if ln.startswith("| LoRA (r=32), log-likelihood"))
     assert "58.00" in row
     assert "Rows: Pilot of issue 25" in md and "Paper:" not in md and "ours − paper" not in md and "↳" not in md
-    assert "Missing: 11 of 12 expected runs" in out
+    assert "Missing: 15 of 16 expected runs" in out
 
 
 def test_a_table_without_a_paper_reports_no_numbers(tmp_path, monkeypatch):

@@ -137,6 +137,25 @@ def test_requests_of_arc_and_winogrande_rows():
     assert b["continuations"] == [" true", " false"] and b["gold_index"] == 1 and b["contexts"][0].endswith("wet?\nAnswer:")
 
 
+ANSWER_VARIANT = ("task.loglikelihood.prompt_format=model", "task.loglikelihood.doc_to_context='{{ prompt }}'",
+                  "task.loglikelihood.doc_to_continuations='{{ choices | llm_adapters_answers }}'")
+
+
+def test_the_trained_answer_variant_scores_the_sentence_training_targets():
+    """The pilot's third scoring (results/paper/ll_pilot_cpu.yaml): the model's own prompt as context and each
+    choice as the sentence LLM-Adapters trains on ("the correct answer is <label>"), so the gold continuation is the
+    row's training target."""
+    prompt = "Please answer the following question with true or false, question: is it wet?\n\nAnswer format: true/false"
+    spec = _spec("boolq", *ANSWER_VARIANT)
+    b = spec.requests({**_row(prompt, "false", ["true", "false"]), "target": "the correct answer is false"})
+    assert spec.prompt_format == "model" and b["contexts"] == [prompt, prompt]
+    assert b["continuations"] == ["the correct answer is true", "the correct answer is false"]
+    assert b["continuations"][b["gold_index"]] == "the correct answer is false"
+    q = _spec("arc_easy", *ANSWER_VARIANT).requests(_row(ARC_ROW, "answer4", ["answer1", "answer2", "answer3",
+                                                                              "answer4"]))
+    assert q["continuations"] == [f"the correct answer is answer{i}" for i in range(1, 5)] and q["gold_index"] == 3
+
+
 @pytest.mark.parametrize("labels,prompt,message", [
     (["answer1"], ARC_ROW, "only one choice ['answer1']: nothing to choose between"),
     ([], "What is two plus two?", "a row has no choices"),

@@ -221,6 +221,12 @@ def pick(keys, mapping: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def llm_adapters_answers(choices) -> list[str]:
+    """Each choice as the sentence LLM-Adapters trains a model to write ("the correct answer is <label>"): the
+    continuations that score a chat-format model on the very answer its training targets hold."""
+    return [f"the correct answer is {c}" for c in list(choices or [])]
+
+
 def blank_contexts(sentence: str, fillers) -> list[str]:
     """WinoGrande's partial scoring: the sentence up to its '_' blank, completed by each filler in turn."""
     if "_" not in sentence:

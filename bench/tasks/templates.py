@@ -59,6 +59,7 @@ FILTERS = {
     "mc_question": A.mc_question,  # log-likelihood scoring (bench/tasks/loglikelihood.py)
     "mc_options": A.mc_options,
     "pick": A.pick,
+    "llm_adapters_answers": A.llm_adapters_answers,
     "blank_contexts": A.blank_contexts,
     "after_blank": A.after_blank,
     "lettered_options": A.lettered_options,
