@@ -11,7 +11,6 @@ import json
 import pytest
 
 from bench.analysis.table import command as table_command
-from bench.analysis.table import protocol as table_protocol
 from bench.analysis.table import protocol
 from bench.config.compose import compose
 from bench.config.identity import run_identity
@@ -26,7 +25,7 @@ MODES = ("generate", "loglikelihood")
 def runs() -> dict[tuple[str, str], tuple[dict, str]]:
     """(row label, task) -> (config, hash), composed as `bench table experiment=ll_pilot_cpu` expects them."""
     root = compose([f"experiment={EXPERIMENT}"], hydra=True)
-    spec = table_protocol.load_paper(str(root.paper_table))
+    spec = protocol.load_paper(str(root.paper_table))
     out = {}
     for row in spec["rows"]:
         for task in root.hydra.sweeper.params.task.split(","):
@@ -106,10 +105,10 @@ def test_a_table_without_a_paper_reports_no_numbers(tmp_path, monkeypatch):
 
     from bench.errors import BenchError
 
-    spec = yaml.safe_load((table_protocol.PAPER_DIR / f"{EXPERIMENT}.yaml").read_text())
+    spec = yaml.safe_load((protocol.PAPER_DIR / f"{EXPERIMENT}.yaml").read_text())
     spec["rows"][0]["reported"] = {"boolq": 60.0}
     monkeypatch.setattr(protocol, "PAPER_DIR", tmp_path)
     monkeypatch.setattr(protocol, "REPO_ROOT", tmp_path)
     (tmp_path / "own.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(BenchError, match=r"Zero-shot, generate\): reported numbers need a paper \(source.arxiv\)"):
-        table_protocol.load_paper("own")
+        protocol.load_paper("own")

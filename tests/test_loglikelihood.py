@@ -147,10 +147,11 @@ def test_the_trained_answer_variant_scores_the_sentence_training_targets():
     row's training target."""
     prompt = "Please answer the following question with true or false, question: is it wet?\n\nAnswer format: true/false"
     spec = _spec("boolq", *ANSWER_VARIANT)
-    b = spec.requests({**_row(prompt, "false", ["true", "false"]), "target": "the correct answer is false"})
+    row = {**_row(prompt, "false", ["true", "false"]), "target": "the correct answer is false"}  # the row's output
+    b = spec.requests(row)
     assert spec.prompt_format == "model" and b["contexts"] == [prompt, prompt]
     assert b["continuations"] == ["the correct answer is true", "the correct answer is false"]
-    assert b["continuations"][b["gold_index"]] == "the correct answer is false"
+    assert b["continuations"][b["gold_index"]] == row["target"] == "the correct answer is false"
     q = _spec("arc_easy", *ANSWER_VARIANT).requests(_row(ARC_ROW, "answer4", ["answer1", "answer2", "answer3",
                                                                               "answer4"]))
     assert q["continuations"] == [f"the correct answer is answer{i}" for i in range(1, 5)] and q["gold_index"] == 3

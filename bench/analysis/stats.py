@@ -33,8 +33,7 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     if len(x) < 2:
         return mean, math.nan, math.nan, math.nan
     std = float(x.std(ddof=1))
-    half = float(sps.t.ppf(0.5 + level / 2, len(x) - 1)) * std / math.sqrt(len(x))
-    return mean, std, mean - half, mean + half
+    return (mean, std, *t_bounds(mean, std, len(x), level))
 
 
 def t_bounds(mean: float, std: float, n: int, level: float = 0.95) -> tuple[float, float]:

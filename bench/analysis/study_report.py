@@ -498,14 +498,15 @@ def across_tasks_lines(st: Study) -> list[str]:
             *[f"- {x}" for x in shows(st)], ""]
 
 
-SUMMARY_CSV = ("task", "method", "tuning_complete", "lr_index", "lr", "dev_mean", "n", "mean", "std", "ci_low",
-               "ci_high", "trainable", "trainable_method", "total", "step_time_ms", "peak_rss_mb", "seeds", "reference",
-               "diff_vs_ref", "diff_low", "diff_high", "p_bootstrap", "p_seed_t", "significant", "rank")
+CELL_CSV = ("task", "method", "tuning_complete", "lr_index", "lr", "dev_mean", "n", "mean", "std", "ci_low", "ci_high",
+            "trainable", "trainable_method", "total", "step_time_ms", "peak_rss_mb")  # as the study's cells hold them
+SUMMARY_CSV = (*CELL_CSV, "seeds", "reference", "diff_vs_ref", "diff_low", "diff_high", "p_bootstrap", "p_seed_t",
+               "significant", "rank")
 
 
 def _csv_line(st: Study, c, rank: Optional[int]) -> dict:
     """One cell's line of summary.csv (its numbers as the study holds them), kept in the table model's cell."""
-    r = {k: c.get(k) for k in SUMMARY_CSV[:16]}
+    r = {k: c.get(k) for k in CELL_CSV}
     r["seeds"] = " ".join(map(str, c.get("seeds") or [])) if isinstance(c.get("seeds"), list) else ""
     v = vs(st, c["method"], st.reference, c["task"]) if c["method"] != st.reference else None
     r.update({"reference": st.reference, "diff_vs_ref": v["diff"] if v else None,

@@ -55,9 +55,9 @@ def _cell(report: Report, row: dict, task: str, views: list[dict], cell=None) ->
     Pareto figures plot these numbers, not a second computation)."""
     for v in views:
         report.runs[v["id"]] = v
-    get = (lambda k: getattr(cell, k)) if cell is not None else (lambda k: None)
     report.cells.append({"row": row["label"], "task": task, "model": row.get("model"), "runs": [v["id"] for v in views],
-                         "mean": get("value"), "std": get("std"), "lo": get("low"), "hi": get("high"),
+                         "mean": getattr(cell, "value", None), "std": getattr(cell, "std", None),
+                         "lo": getattr(cell, "low", None), "hi": getattr(cell, "high", None),
                          "text": (row["cells"].get(task) or {}).get("text", "-")})
 
 

@@ -65,6 +65,11 @@ def config_fields(cls) -> list[str]:
     return sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in _SET_HERE)
 
 
+def _saves_modules(cls) -> bool:
+    """Can the config train modules densely beside the adapter (peft's modules_to_save: where the head goes)?"""
+    return "modules_to_save" in {f.name for f in dataclasses.fields(cls)}
+
+
 def _is_prompt_learning(cls) -> bool:
     from peft import PromptLearningConfig
 
@@ -111,7 +116,7 @@ class PeftMethod(Method):
                 f"{cls.__name__} ({str(cfg.get('peft_type')).upper()}) has no option {hints}; valid options: "
                 f"{', '.join(sorted(valid))} (and the suite's {', '.join(SUITE_KEYS)})"
             )
-        if "modules_to_save" in {f.name for f in dataclasses.fields(cls)} and not _is_prompt_learning(cls):
+        if _saves_modules(cls) and not _is_prompt_learning(cls):
             if "train_head" not in cfg:  # its default lives in the YAML (conf/method/peft.yaml), never here
                 raise MethodConfigError(
                     f"{cfg.get('name', self.name)}: method.train_head is not set; add `train_head: auto` (the task "
@@ -133,7 +138,7 @@ class PeftMethod(Method):
             if ctx.task_type not in _TASK_TYPES:
                 raise MethodConfigError(f"{self.name}: peft prompt learning has no task type for {ctx.task_type!r}")
             kw["task_type"] = _TASK_TYPES[ctx.task_type]
-        elif "modules_to_save" in {f.name for f in dataclasses.fields(cls)}:
+        elif _saves_modules(cls):
             kw["modules_to_save"] = head_to_save(cfg["train_head"], ctx)
         if cls.__name__ == "AdaLoraConfig":
             kw.update(resolve_schedule(kw, ctx.total_steps))
