@@ -38,7 +38,6 @@ def _run_command(argv: list[str]) -> None:
     from hydra.types import RunMode
 
     from bench.errors import BenchError, DataUnavailable
-    from bench.run import runner
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def app(cfg):
@@ -61,6 +60,8 @@ def _run_command(argv: list[str]) -> None:
         return rec
 
     def job(cfg, overrides, sweep):
+        from bench.run import runner  # torch, transformers, peft: ~5 s, not paid by a misspelt name
+
         try:
             return runner.run(cfg, overrides, sweep=sweep)
         except DataUnavailable as e:

@@ -115,10 +115,38 @@ def glue_dir(tmp_path_factory):
 
 def compose_cfg(overrides):
     """The real root config, composed as the CLI does (for in-process tests)."""
-    from hydra import compose, initialize_config_dir
+    from bench.config.compose import compose
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(list(overrides))
+
+
+def run_cli_here(args):
+    """`python -m bench ...` in this process (bench.cli.main, Hydra's app included), for tests of what the command
+    says about bad input: the same exit code, stdout and stderr as `run_cli` (an exception that escapes main
+    becomes a traceback on stderr and exit 1, as Python would print it), without the ~5 s of a fresh interpreter.
+    Process-wide facts (what a real interpreter prints beside the message) stay with `run_cli` tests."""
+    import contextlib
+    import io
+    import traceback
+    from types import SimpleNamespace
+
+    from bench.cli import main
+
+    out, err, argv = io.StringIO(), io.StringIO(), list(sys.argv)
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if not isinstance(e.code, int) and e.code is not None:
+                print(e.code, file=sys.stderr)
+        except Exception:  # noqa: BLE001 - what the interpreter would print, for the test to see
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.argv = argv
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def run_cli(args, env_extra=None, timeout=600):

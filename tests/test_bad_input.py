@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_cfg, run_cli
+from conftest import compose_cfg, run_cli_here
 
 TINY = ["model=tiny-bert", "train.max_steps=2", "train.batch_size=4", "train.progress=false"]
 
@@ -44,14 +44,14 @@ def broken_glue(tmp_path, glue_dir):
     (["method=id3", "task=rte", "method.budget=1e10"], "method.budget=10000000000.0 exceeds the"),
 ])
 def test_bad_run_input_is_one_line(tmp_path, broken_glue, args, fragment):
-    r = run_cli(["run", *TINY, *args, f"data_dir={broken_glue}", f"results_dir={tmp_path}/runs"])
+    r = run_cli_here(["run", *TINY, *args, f"data_dir={broken_glue}", f"results_dir={tmp_path}/runs"])
     _one_line_error(r, fragment)
     _no_records(tmp_path / "runs")
 
 
 def test_results_dir_under_a_file_is_one_line(tmp_path, glue_dir):
     (tmp_path / "afile").write_text("x")
-    r = run_cli(["run", *TINY, "method=lora", "task=rte", f"data_dir={glue_dir}", f"results_dir={tmp_path}/afile/runs"])
+    r = run_cli_here(["run", *TINY, "method=lora", "task=rte", f"data_dir={glue_dir}", f"results_dir={tmp_path}/afile/runs"])
     _one_line_error(r, "which is a file, not a folder")
 
 
@@ -60,12 +60,12 @@ def test_unwritable_results_dir_is_one_line(tmp_path, glue_dir):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
-    r = run_cli(["run", *TINY, "method=lora", "task=rte", f"data_dir={glue_dir}", f"results_dir={ro}/runs"])
+    r = run_cli_here(["run", *TINY, "method=lora", "task=rte", f"data_dir={glue_dir}", f"results_dir={ro}/runs"])
     _one_line_error(r, "cannot be written")
 
 
 def test_params_of_an_unknown_method_is_one_line():
-    r = run_cli(["params", "model=minilm", "method=lroa"])
+    r = run_cli_here(["params", "model=minilm", "method=lroa"])
     _one_line_error(r, "unknown method 'lroa' (did you mean 'lora'?)")
 
 

@@ -97,6 +97,21 @@ def test_bad_input_from_the_command_line_is_one_clear_message(args, message, tmp
     assert "Traceback" not in r.stderr
 
 
+def test_a_misspelt_name_stops_before_torch_is_imported():
+    """`bench run method=lroa` answers from conf/ alone: the run's imports (torch, transformers, peft: seconds)
+    are not paid for a typo."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys\nfrom bench.cli import main\ntry:\n    main(['run', 'method=lroa'])\nexcept SystemExit as e:\n"
+            "    print(e.code, 'torch' in sys.modules, 'bench.run.runner' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["2", "False", "False"], (r.stdout, r.stderr[-2000:])
+    assert "unknown method 'lroa' (did you mean 'lora'?)" in r.stderr
+
+
 def test_unknown_command_suggests(tmp_path):
     r = run_cli(["tabel"])
     assert r.returncode == 2 and "Did you mean 'table'" in r.stderr

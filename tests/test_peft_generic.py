@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_cli, tiny_bert_config, tiny_llama_config
+from conftest import ROOT, run_cli, run_cli_here, tiny_bert_config, tiny_llama_config
 from methods import MethodConfigError, MethodContext, available, get_method
 
 TINY = ["model=tiny-bert", "train.max_steps=2", "train.batch_size=4", "train.progress=false"]
@@ -214,7 +214,7 @@ def test_a_peft_type_not_preset_runs_from_a_yaml_in_a_searchpath_folder(tmp_path
     (["method=prefix_tuning"], "needs a model whose forward takes past_key_values"),
 ])
 def test_bad_peft_input_at_the_command_line_is_one_line(tmp_path, glue_dir, args, fragment):
-    r = run_cli(["run", *TINY, *args, "task=rte", f"data_dir={glue_dir}", f"results_dir={tmp_path}/runs"])
+    r = run_cli_here(["run", *TINY, *args, "task=rte", f"data_dir={glue_dir}", f"results_dir={tmp_path}/runs"])
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 
 from bench.errors import BenchError
 from bench.run.pilot import _options, choose_budget, plan
@@ -75,7 +75,7 @@ def test_command_on_planted_records(tmp_path):
             scores[(p.task, p.method, p.budget)] = {1: 0.70, 2: 0.75}[p.budget]
     _plant(points, scores, tmp_path)
     out = tmp_path / "pilot"
-    r = run_cli(["pilot", *args, "pilot.run=false", f"pilot.out={out}"])
+    r = run_cli_here(["pilot", *args, "pilot.run=false", f"pilot.out={out}"])
     assert r.returncode == 0, r.stderr
     assert "rte: 2 epoch(s) - every method within 0.01" in r.stdout
     assert "mrpc: 2 epoch(s) (not settled)" in r.stdout
@@ -99,7 +99,7 @@ def test_a_method_that_never_leaves_chance_is_named(tmp_path):
     _, points, _ = plan(args)
     _plant(points, {(p.task, p.method, p.budget): (0.6 if p.method == "lora" else 0.55 + 0.1 * p.budget / 4)
                     for p in points}, tmp_path)
-    r = run_cli(["pilot", *args, "pilot.run=false", f"pilot.out={tmp_path}/out"])
+    r = run_cli_here(["pilot", *args, "pilot.run=false", f"pilot.out={tmp_path}/out"])
     assert r.returncode == 0, r.stderr
     assert "lora never leave(s) chance on dev (0.600)" in r.stdout and "full never" not in r.stdout
 
@@ -170,13 +170,13 @@ def test_committed_records_are_restored_so_the_pilot_resumes(tmp_path):
             rec["config"] = ident.config
             R.write_json_atomic(p.path, rec)
     out = tmp_path / "pilot"
-    assert run_cli(["pilot", *args, "pilot.run=false", f"pilot.out={out}"]).returncode == 0
+    assert run_cli_here(["pilot", *args, "pilot.run=false", f"pilot.out={out}"]).returncode == 0
     committed = gzip.open(out / "records.jsonl.gz", "rt").read().splitlines()
     assert len(committed) == 4
     import shutil
 
     shutil.rmtree(tmp_path / "runs")  # the next session's fresh checkout
-    r = run_cli(["pilot", *args, "pilot.run=false", f"pilot.out={out}"])
+    r = run_cli_here(["pilot", *args, "pilot.run=false", f"pilot.out={out}"])
     assert r.returncode == 0 and "restored 4 committed pilot record(s)" in r.stdout
     assert sorted(p.path.name for p in points if p.path.is_file()) == sorted(
         p.path.name for p in points if p.budget < 4)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli_here
 
 from bench.report import command
 
@@ -264,7 +264,7 @@ def test_without_a_browser_skips_outside_ci_and_fails_in_ci(tmp_path, require):
 # bad input: a clear message, or the page says what is missing; never a stack trace
 # ------------------------------------------------------------------------------------------------
 def test_missing_results_folder_is_one_line(tmp_path):
-    r = run_cli(["report", f"results_dir={tmp_path / 'nothing-here'}"])
+    r = run_cli_here(["report", f"results_dir={tmp_path / 'nothing-here'}"])
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"error: no results at {tmp_path / 'nothing-here'}: run `python -m bench run ...` first, or point "
@@ -272,7 +272,7 @@ def test_missing_results_folder_is_one_line(tmp_path):
 
 
 def test_unknown_experiment_is_one_line(tmp_path):
-    r = run_cli(["report", "experiment=glue_stdy_cpu", f"results_dir={tmp_path}"])
+    r = run_cli_here(["report", "experiment=glue_stdy_cpu", f"results_dir={tmp_path}"])
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("error: unknown experiment 'glue_stdy_cpu'. Did you mean experiment=glue_study_cpu?")
@@ -281,7 +281,7 @@ def test_unknown_experiment_is_one_line(tmp_path):
 
 def test_empty_results_folder_page_says_so(tmp_path):
     (tmp_path / "runs").mkdir()
-    r = run_cli(["report", f"results_dir={tmp_path / 'runs'}"])
+    r = run_cli_here(["report", f"results_dir={tmp_path / 'runs'}"])
     assert r.returncode == 0, r.stderr
     page = (tmp_path / "report" / "index.html").read_text()
     assert f"No ok run records under {tmp_path / 'runs'}" in page and "No ok run records" in r.stdout

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import compose_cfg, run_cli
+from conftest import compose_cfg, run_cli, run_cli_here
 
 STUDY = "experiment=glue_study_cpu"
 
@@ -188,7 +188,7 @@ def test_bootstrap_metrics_equal_the_metrics_on_the_whole_sample():
 
 
 def test_reference_row_not_in_the_table_is_one_clear_message(tmp_path):
-    r = run_cli(["table", STUDY, "reference=lroa", f"results_dir={tmp_path}"])
+    r = run_cli_here(["table", STUDY, "reference=lroa", f"results_dir={tmp_path}"])
     assert r.returncode == 2
     assert "reference='lroa' is not a row of this table" in r.stderr and "Traceback" not in r.stderr
 
@@ -230,7 +230,7 @@ def test_reporting_seed_runs_only_the_entry_chosen_on_dev(tmp_path):
     ("data.dev_from_train=100000", "asks for 100000 dev rows"),
 ])
 def test_bad_sweep_stops_before_anything_trains(tmp_path, glue_dir, bad, message):
-    r = run_cli(["run", "-m", STUDY, bad, f"data_dir={glue_dir}", f"results_dir={tmp_path}/runs",
+    r = run_cli_here(["run", "-m", STUDY, bad, f"data_dir={glue_dir}", f"results_dir={tmp_path}/runs",
                  f"hydra.sweep.dir={tmp_path}/hydra"])
     assert r.returncode == 2, r.stderr[-2000:]
     assert message in r.stderr and "Traceback" not in r.stderr

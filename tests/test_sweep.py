@@ -33,10 +33,9 @@ LAUNCHERS = {
 
 
 def hydra_cfg(overrides):
-    from hydra import compose, initialize_config_dir
+    from bench.config.compose import compose
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return compose(list(overrides), hydra=True)
 
 
 # ------------------------------------------------------------------------------------------------
