@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_cli_here
 
 BASE = ["model=tiny-bert", "task=rte", "train.batch_size=4", "train.logging_steps=1", "train.progress=false",
         "train.lr=5e-3"]
@@ -100,8 +100,8 @@ def test_bad_newest_checkpoint_falls_back_to_the_previous(damage, why, reference
 
 
 def test_save_every_must_be_a_multiple_of_logging_steps(tmp_path, glue_dir):
-    r = run_cli(["run", *BASE, "method=lora", "train.max_steps=6", "train.logging_steps=4", "train.save_every=6",
-                 f"data_dir={glue_dir}", f"results_dir={tmp_path}"])
+    r = run_cli_here(["run", *BASE, "method=lora", "train.max_steps=6", "train.logging_steps=4", "train.save_every=6",
+                      f"data_dir={glue_dir}", f"results_dir={tmp_path}"])
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "train.save_every=6 must be a multiple of train.logging_steps=4" in r.stderr
     assert not list(tmp_path.glob("*.json"))

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import compose_cfg, run_cli
+from conftest import compose_cfg, run_cli_here
 
 from bench.errors import BenchError
 from bench.records import store as records
@@ -69,7 +69,7 @@ def test_bad_value_is_one_line(glue_dir, tmp_path, value):
 
 
 def test_bad_value_at_the_command_line(glue_dir, tmp_path):
-    r = run_cli(["run", *TINY, f"data_dir={glue_dir}", f"results_dir={tmp_path}/runs", "train.report_to=neptune"])
+    r = run_cli_here(["run", *TINY, f"data_dir={glue_dir}", f"results_dir={tmp_path}/runs", "train.report_to=neptune"])
     assert r.returncode == 2
     lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
     assert lines == ["error: Invalid configuration: train.report_to must be one of none | tensorboard | wandb | "
