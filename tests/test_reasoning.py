@@ -568,6 +568,13 @@ def test_run_end_to_end_tiny_llama(tmp_path, method):
     preds = (tmp_path / "runs" / record["path"].rsplit("/", 1)[-1].removesuffix(".json") / "predictions.jsonl")
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(lines) == 4 and {"prompt", "gold", "output", "pred", "correct"} <= set(lines[0])
+    # per-example predictions in the record (paired tests): 1 where the file says correct, accuracy their mean
+    from bench.records.predictions import decode_splits, examples_fingerprint
+
+    kept = decode_splits(record["predictions"])["default"]
+    assert kept["pred"].tolist() == [int(x["correct"]) for x in lines] and kept["label"].tolist() == [1] * 4
+    assert kept["pred"].mean() == pytest.approx(record["metrics"]["accuracy"])
+    assert kept["label_fingerprint"] == examples_fingerprint([[x["prompt"], str(x["gold"])] for x in lines])
 
 
 @pytest.mark.slow

@@ -85,3 +85,19 @@ def test_a_record_off_the_schema_is_still_written_with_a_warning(tmp_path, capsy
 @pytest.mark.parametrize("name,rec", RECORDS, ids=[n for n, _ in RECORDS])
 def test_every_committed_record_matches_the_schema(name, rec):
     assert records.record_problems(rec) == [], name
+
+
+def test_generation_predictions_pair_only_on_the_same_examples():
+    """Generation keeps 1 / 0 per example against labels of 1: two sets of the same size would share the labels'
+    fingerprint, so a split brings the fingerprint of its examples and that one is kept."""
+    from bench.records.predictions import decode_splits, encode_splits, examples_fingerprint, fingerprint
+
+    ones = [1, 1, 1]
+    a = examples_fingerprint([["2+2?", "4"], ["3+3?", "6"], ["1+1?", "2"]])
+    b = examples_fingerprint([["2+2?", "4"], ["3+3?", "6"], ["1+2?", "3"]])
+    assert a != b
+    enc = encode_splits({"default": {"pred": [1, 0, 1], "label": ones, "label_fingerprint": a},
+                         "other": {"pred": [0, 0, 1], "label": ones}})
+    dec = decode_splits(enc)
+    assert dec["default"]["label_fingerprint"] == a and dec["default"]["pred"].tolist() == [1, 0, 1]
+    assert dec["other"]["label_fingerprint"] == fingerprint(ones)  # classification: the labels' own

@@ -1,7 +1,10 @@
 """Per-example predictions kept with a record, so tables can run paired tests without rerunning.
 
 Each evaluation split's predictions and labels are stored as a small dict: dtype, length and the array's
-bytes, zlib-compressed and base64-encoded (a few KB per split inside the JSON record).
+bytes, zlib-compressed and base64-encoded (a few KB per split inside the JSON record). Classification and
+log-likelihood scoring keep the predicted and the gold class; generation, whose answers are free text judged by
+the task's filter, keeps 1 where the answer was judged right and 0 where not, against labels of 1 (accuracy is
+then the same mean), fingerprinted by the examples (prompt and gold) so that only runs on the same examples pair.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def decode(obj: dict) -> np.ndarray:
 
 
 def encode_splits(preds: dict) -> dict:
-    """{alias: {"pred": array, "label": array}} -> the record's JSON form (labels fingerprinted for pairing)."""
+    """{alias: {"pred": array, "label": array}} -> the record's JSON form (labels fingerprinted for pairing; a split
+    may bring its own "label_fingerprint" when its labels alone do not tell its examples apart)."""
     out = {}
     for alias, d in preds.items():
         label = np.asarray(d["label"])
@@ -44,7 +48,7 @@ def encode_splits(preds: dict) -> dict:
             "n": int(len(label)),
             "pred": encode(d["pred"]),
             "label": encode(label),
-            "label_fingerprint": fingerprint(label),
+            "label_fingerprint": d.get("label_fingerprint") or fingerprint(label),
         }
     return out
 
@@ -54,6 +58,13 @@ def decode_splits(obj: dict | None) -> dict:
         return {}
     return {a: {"pred": decode(d["pred"]), "label": decode(d["label"]), "label_fingerprint": d.get("label_fingerprint")}
             for a, d in obj.items()}
+
+
+def examples_fingerprint(rows: list) -> str:
+    """The fingerprint of a split's examples themselves (e.g. [(prompt, gold), ...]): JSON, sha256, 16 hex."""
+    import json
+
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
 def fingerprint(arr: Any) -> str:

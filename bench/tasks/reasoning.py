@@ -226,6 +226,7 @@ class ReasoningFamily(TaskFamily):
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, model, data: TaskData, tokenizer, out_dir: Path | None = None) -> dict:
+        from bench.records.predictions import examples_fingerprint
         from bench.tasks import loglikelihood
         from bench.tasks.generate import generate_texts
 
@@ -238,6 +239,7 @@ class ReasoningFamily(TaskFamily):
         bs = int(self.cfg.train.eval_batch_size)
         metrics: dict = {}
         records: list[dict] = []
+        self.last_predictions = {}  # per example: 1 = judged right (bench/records/predictions.py), for paired tests
         for alias, ds in data.evals.items():
             rows = ds.to_list()
             prompts = [prompt_ids(tokenizer, r["prompt"], self.prompt_style) for r in rows]
@@ -249,6 +251,9 @@ class ReasoningFamily(TaskFamily):
                 res = {**filters.check(text, r), "new_tokens": k, "truncated": k >= max_new}
                 results.append(res)
                 records.append({"split": alias, "prompt": r["prompt"], "gold": r["gold"], "output": text, **res})
+            self.last_predictions[alias] = {
+                "pred": [int(x["correct"]) for x in results], "label": [1] * len(results),
+                "label_fingerprint": examples_fingerprint([[r["prompt"], str(r["gold"])] for r in rows])}
             n = max(1, len(results))
             m = {**filters.summarize(results),
                  "truncated_rate": sum(x["truncated"] for x in results) / n,
