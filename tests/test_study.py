@@ -310,3 +310,26 @@ def test_claims_agree_disagree_or_cannot_tell(tmp_path):
     st2 = study_table.build(ARGV, tmp_path / "runs2", n_boot=200)
     out = study_report.claims(st2, claims)
     assert all(c["per_task"]["rte"][0] == "cannot tell" and "majority-class" in c["per_task"]["rte"][1] for c in out)
+
+
+def test_compute_section_sums_the_runs_own_times(tmp_path):
+    """The summary's Compute table: runs, summed and median wall time, median step time, from the records."""
+    from bench.analysis import study_report, study_table
+
+    _plant(tmp_path / "runs", ARGV, lambda t, m, s, i: (0.9 if i == 1 else 0.5, 0.7))
+    walls, steps = {"lora": 100.0, "ia3": 200.0, "full": 900.0}, {"lora": 0.1, "ia3": 0.2, "full": 0.5}
+    for p in (tmp_path / "runs").glob("*.json"):
+        rec = json.loads(p.read_text())
+        rec["wall_s"] = walls[rec["method"]]
+        rec["train"] = {"step_time_median_s": steps[rec["method"]], "steps": 40}
+        p.write_text(json.dumps(rec))
+    st = study_table.build(ARGV, tmp_path / "runs", n_boot=200)
+    table = study_report.compute_table(st).set_index("task")
+    n = {m: int((st.runs["method"] == m).sum()) for m in walls}
+    assert table.loc["RTE", "runs"] == sum(n.values()) == len(st.runs)
+    assert table.loc["RTE", "run-hours"] == f"{sum(walls[m] * n[m] for m in walls) / 3600:.2f}"
+    expect_step = float(np.median([steps[m] for m in walls for _ in range(n[m])]))
+    assert table.loc["RTE", "median step s"] == f"{expect_step:.3f}" and table.loc["RTE", "steps per run"] == "40"
+    assert table.loc["all"].tolist() == table.loc["RTE"].tolist()
+    md = "\n".join(study_report.compute_lines(st))
+    assert "## Compute" in md and "not the study's elapsed time" in md

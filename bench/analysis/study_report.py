@@ -312,6 +312,7 @@ def markdown(st: Study, command: str, table: Optional[Table] = None) -> str:
                          f"Here ({c['a']} - {c['b']}{', margin ' + str(c['margin']) if c['relation'] == 'close' else ''}"
                          f"{ratio}): {per}.")
         lines.append("")
+    lines += compute_lines(st)
     if todo or st.failed:
         lines += ["## Missing or failed runs", ""]
         n_tune = sum(1 for g in todo if g["tune"])
@@ -322,6 +323,40 @@ def markdown(st: Study, command: str, table: Optional[Table] = None) -> str:
         lines.append(f"Fill the gaps: `python -m bench run -m experiment={st.name}` (resumes by config hash).")
         lines.append("")
     return "\n".join(lines)
+
+
+def compute_table(st: Study) -> pd.DataFrame:
+    """Per task, from the records: the runs that landed, their summed and median wall time, the median over runs of
+    each run's median optimizer-step time, and the median steps per run; then all tasks."""
+    runs = st.runs
+    if runs.empty:
+        return pd.DataFrame()
+    rows = []
+    for label, sub in [*((TASK_LABELS.get(t, t), runs[runs["task"] == t]) for t in st.tasks), ("all", runs)]:
+        if sub.empty:
+            continue
+        wall = pd.to_numeric(sub["wall_s"], errors="coerce")
+        step = pd.to_numeric(sub["step_time_s"], errors="coerce")
+        steps = pd.to_numeric(sub["steps"], errors="coerce")
+        rows.append({"task": label, "runs": len(sub), "run-hours": f"{wall.sum() / 3600:.2f}",
+                     "median run s": f"{wall.median():.0f}", "median step s": f"{step.median():.3f}",
+                     "steps per run": "-" if steps.isna().all() else f"{steps.median():.0f}"})
+    return pd.DataFrame(rows)
+
+
+def compute_lines(st: Study) -> list[str]:
+    """The study's compute, from the records (run-hours sum each run's own wall time: runs side by side count each)."""
+    table = compute_table(st)
+    if table.empty:
+        return []
+    from bench.records.provenance import hardware_text
+
+    recs = list(st.runs["record"]) if "record" in st.runs else []
+    return ["## Compute", "",
+            "From the records: each run's wall time (start to record, evaluation included) and the median of its "
+            "optimizer-step times. Run-hours add the runs' own times, so two runs side by side count twice; they "
+            f"are not the study's elapsed time. Measured on: {hardware_text(recs)}.", "",
+            to_markdown(table), ""]
 
 
 def provenance_lines(st: Study) -> list[str]:
