@@ -51,7 +51,7 @@ def test_both_modes_of_a_model_train_the_same_way(runs):
     pairs += [(m, "log-likelihood of the trained answer") for m in ("Zero-shot", "LoRA (r=32)")]
     for model, scoring in pairs:
         for task in ("boolq", "arc_easy"):
-            gen, ll = (protocol._flatten(records.semantic_config(runs[(f"{model}, {m}", task)][0])) for m in
+            gen, ll = (protocol.flatten(records.semantic_config(runs[(f"{model}, {m}", task)][0])) for m in
                        ("generate", scoring))
             differ = {k for k in set(gen) | set(ll) if gen.get(k) != ll.get(k)}
             assert differ and all(k == "task.eval_mode" or k.startswith("task.loglikelihood.") for k in differ), \

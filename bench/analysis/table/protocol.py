@@ -105,14 +105,15 @@ def split_filters(argv: list[str], keys: tuple[str, ...] = FILTER_KEYS) -> tuple
     return filters, rest
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys ({'train': {'lr': 1}} -> {'train.lr': 1}); an empty dict stays one key."""
     if not isinstance(d, dict):
         return {prefix: d}
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if isinstance(v, dict) and v:
-            out.update(_flatten(v, key))
+            out.update(flatten(v, key))
         else:
             out[key] = v
     return out
@@ -121,7 +122,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def config_diff(actual: dict, expected: dict, limit: int = 6) -> str:
     """The semantic keys where a record's config differs from the protocol's: 'key=actual (protocol: x)'."""
 
-    a, e = _flatten(records.semantic_config(actual)), _flatten(records.semantic_config(expected))
+    a, e = flatten(records.semantic_config(actual)), flatten(records.semantic_config(expected))
     diffs = [f"{k}={a.get(k)!r} (protocol: {e.get(k)!r})" for k in sorted(set(a) | set(e)) if a.get(k) != e.get(k)]
     more = f" ... and {len(diffs) - limit} more" if len(diffs) > limit else ""
     return "; ".join(diffs[:limit]) + more if diffs else "same settings, different config hash"
