@@ -333,3 +333,24 @@ def test_compute_section_sums_the_runs_own_times(tmp_path):
     assert table.loc["all"].tolist() == table.loc["RTE"].tolist()
     md = "\n".join(study_report.compute_lines(st))
     assert "## Compute" in md and "not the study's elapsed time" in md
+
+
+def test_protocol_sentence_says_each_tasks_own_budget_and_dev_split(tmp_path):
+    """Read from the records: tasks that ran differently are named with their own value (STS-B's dev rows are random,
+    not stratified; SST-2 ran 2 epochs on a subsample), tasks that agree share one."""
+    from bench.analysis import study_report, study_table
+
+    argv = [STUDY, "task=sst2,stsb,cola", "method=lora", "seed=1"]
+    _plant(tmp_path / "runs", argv, lambda t, m, s, i: (0.5, 0.7))
+    for p in (tmp_path / "runs").glob("*.json"):
+        rec = json.loads(p.read_text())
+        sst2 = rec["task"] == "sst2"
+        rec["config"] = {"train": {"epochs": 2 if sst2 else 4, "precision": "bf16"},
+                         "data": {"max_train_samples": 4000 if sst2 else None}}
+        rec["data"] = {"dev": {"how": "random rows" if rec["task"] == "stsb" else "stratified by 'label'"}}
+        p.write_text(json.dumps(rec))
+    facts = study_report.protocol_facts(study_table.build(argv, tmp_path / "runs", n_boot=100))
+    assert facts["epochs"] == "2 on SST-2 / 4 on STS-B, CoLA"
+    assert facts["dev_how"] == "stratified by label on SST-2, CoLA / random rows on STS-B"
+    assert facts["max_train_samples"] == "4000 on SST-2 / none (whole train set) on STS-B, CoLA"
+    assert facts["precision"] == "bf16"

@@ -254,8 +254,8 @@ def markdown(st: Study, command: str, table: Optional[Table] = None) -> str:
         "**Protocol.** "
         f"A dev split of {d.get('dev_from_train')} training rows (seed {d.get('dev_seed')}, {facts['dev_how']}) is carved "
         "from train before anything else; the reported split (GLUE validation) is never used to choose anything. "
-        f"Every method gets the same budget ({facts['epochs']} epoch(s), batch {t['batch_size']}, train subsample "
-        f"{facts['max_train_samples']}, {facts['precision']}, selection {t['selection']} on dev) and a grid of "
+        f"Every method gets the same budget on a task (epochs: {facts['epochs']}; batch {t['batch_size']}; train "
+        f"subsample: {facts['max_train_samples']}; {facts['precision']}; selection {t['selection']} on dev) and a grid of "
         f"{len(next(iter(st.grid.values())))} learning rates{extension_text(st)}. Stage 1: seed(s) {st.tune_seeds} run every grid entry; the entry "
         f"with the best mean dev score is chosen per task and method. Stage 2: seeds "
         f"{[s for s in st.seeds if s not in st.tune_seeds]} run at that entry only. Cells report the chosen entry's "
@@ -408,7 +408,7 @@ def _task_values(st: Study, get) -> dict[str, set]:
 
 
 def _per_task(st: Study, get, fallback, fmt=lambda v: str(v)) -> str:
-    """One value when every task's records agree, else 'value on task, task; value on task' (records first, the
+    """One value when every task's records agree, else 'value on task, task / value on task' (records first, the
     composed protocol when there are none)."""
     vals = _task_values(st, get)
     if not vals:
@@ -419,7 +419,7 @@ def _per_task(st: Study, get, fallback, fmt=lambda v: str(v)) -> str:
             by_value.setdefault(v, []).append(TASK_LABELS.get(task, task))
     if len(by_value) == 1:
         return fmt(json.loads(next(iter(by_value))))
-    return "; ".join(f"{fmt(json.loads(v))} on {', '.join(ts)}" for v, ts in by_value.items())
+    return " / ".join(f"{fmt(json.loads(v))} on {', '.join(ts)}" for v, ts in by_value.items())
 
 
 def protocol_facts(st: Study) -> dict:
