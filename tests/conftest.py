@@ -134,12 +134,13 @@ def run_cli_here(args):
 
     out, err, argv = io.StringIO(), io.StringIO(), list(sys.argv)
     code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # run_cli's cwd: Hydra's output folder lands in ROOT/results/hydra (git-ignored), wherever pytest was started
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             main(list(args))
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if not isinstance(e.code, int) and e.code is not None:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            if isinstance(e.code, str):  # SystemExit("text"): Python prints it and exits 1
                 print(e.code, file=sys.stderr)
         except Exception:  # noqa: BLE001 - what the interpreter would print, for the test to see
             traceback.print_exc()

@@ -20,16 +20,17 @@ def compose(overrides: list[str], hydra: bool = False):
     out deep copies (~6 ms; callers may change theirs). conf/ is read as it was at the first composition; an
     override naming hydra.searchpath (folders outside conf/ that may change) is never cached."""
     if any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
-        return _compose(tuple(overrides), hydra, os.getcwd())
+        return _compose(tuple(overrides), hydra)
     return copy.deepcopy(_composed(tuple(overrides), hydra, os.getcwd()))
 
 
 @functools.lru_cache(maxsize=512)
 def _composed(overrides: tuple[str, ...], hydra: bool, cwd: str):
-    return _compose(overrides, hydra, cwd)
+    """cwd is part of the key only: the hydra node records the working folder (hydra.runtime.cwd)."""
+    return _compose(overrides, hydra)
 
 
-def _compose(overrides: tuple[str, ...], hydra: bool, cwd: str):
+def _compose(overrides: tuple[str, ...], hydra: bool):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
