@@ -333,6 +333,21 @@ def test_compute_section_sums_the_runs_own_times(tmp_path):
     assert table.loc["all"].tolist() == table.loc["RTE"].tolist()
     md = "\n".join(study_report.compute_lines(st))
     assert "## Compute" in md and "not the study's elapsed time" in md
+    assert table.loc["RTE", "busy hours"] == "-"        # planted records without times: nothing to claim
+
+
+def test_busy_hours_are_the_union_of_the_runs_intervals(tmp_path):
+    """Two runs side by side count once, a gap between runs counts not at all, a record without times is skipped."""
+    from bench.analysis import study_report
+
+    def rec(start, end):
+        return {"started_at": f"2026-01-01T{start}+00:00", "finished_at": f"2026-01-01T{end}+00:00"}
+
+    recs = [rec("10:00:00", "11:00:00"), rec("10:30:00", "11:30:00"),   # overlap: 1.5 h
+            rec("13:00:00", "13:15:00"), rec("13:05:00", "13:10:00"),   # nested: 0.25 h
+            {"started_at": "2026-01-01T14:00:00+00:00"}, "not a record"]
+    assert study_report._busy_hours(recs) == 1.75
+    assert study_report._busy_hours(recs[4:]) is None
 
 
 def test_protocol_sentence_says_each_tasks_own_budget_and_dev_split(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -338,10 +339,35 @@ def compute_table(st: Study) -> pd.DataFrame:
         wall = pd.to_numeric(sub["wall_s"], errors="coerce")
         step = pd.to_numeric(sub["step_time_s"], errors="coerce")
         steps = pd.to_numeric(sub["steps"], errors="coerce")
+        busy = _busy_hours(sub["record"]) if "record" in sub else None
         rows.append({"task": label, "runs": len(sub), "run-hours": f"{wall.sum() / 3600:.2f}",
+                     "busy hours": "-" if busy is None else f"{busy:.2f}",
                      "median run s": f"{wall.median():.0f}", "median step s": f"{step.median():.3f}",
                      "steps per run": "-" if steps.isna().all() else f"{steps.median():.0f}"})
     return pd.DataFrame(rows)
+
+
+def _busy_hours(records) -> float | None:
+    """Hours during which at least one of these runs was in progress: the union of their [started_at, finished_at]
+    intervals (the study's elapsed time, less what no record covers: preflight, runs cut off before they recorded).
+    None when no record carries both times."""
+    spans = []
+    for rec in records:
+        if not isinstance(rec, dict):
+            continue
+        try:
+            a, b = (datetime.fromisoformat(rec["started_at"]), datetime.fromisoformat(rec["finished_at"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        spans.append((a.timestamp(), max(a, b).timestamp()))
+    if not spans:
+        return None
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total / 3600
 
 
 def compute_lines(st: Study) -> list[str]:
@@ -355,7 +381,10 @@ def compute_lines(st: Study) -> list[str]:
     return ["## Compute", "",
             "From the records: each run's wall time (start to record, evaluation included) and the median of its "
             "optimizer-step times. Run-hours add the runs' own times, so two runs side by side count twice; they "
-            f"are not the study's elapsed time. Measured on: {hardware_text(recs)}.", "",
+            "are not the study's elapsed time. Busy hours are the hours in which at least one of the runs was in "
+            "progress (the union of their start-to-record intervals): the study's elapsed time, less what no record "
+            "covers (preflight, runs cut off before they recorded, pauses between sessions). "
+            f"Measured on: {hardware_text(recs)}.", "",
             to_markdown(table), ""]
 
 
