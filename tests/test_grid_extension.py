@@ -253,3 +253,39 @@ def test_committed_study_records_are_restored_so_the_sweep_resumes(tmp_path, mon
     assert records.restore_experiment(runs, "glue_study_cpu") == 0  # once per process
     scores, missing = study.tuning_scores(recs[0]["config"], runs)
     assert scores == {0: 0.6, 1: 0.7, 2: 0.65}
+
+
+def test_bench_table_restores_committed_records_before_it_reads(tmp_path, monkeypatch):
+    """`bench table experiment=<study>` on a fresh checkout (no results/runs/) rebuilds from the committed records,
+    and a results folder that lost records cannot make the rewritten records.jsonl.gz lose them too."""
+    import gzip
+    import json
+
+    from conftest import run_cli_here
+    from omegaconf import OmegaConf
+
+    runs = tmp_path / "runs"
+    _plant_tuning(runs, {0: 0.6, 1: 0.7, 2: 0.65, 3: 0.5})
+    recs = []
+    cfg = compose_cfg([*_base(runs), "seed=1"])
+    study.apply_method_cfg(cfg)
+    configs = [study.grid_config(OmegaConf.to_container(cfg, resolve=True), 1, i) for i in range(4)]
+    by_hash = {records.config_hash(c): c for c in configs}
+    for p in sorted(runs.glob("*.json")):
+        rec = json.loads(p.read_text())
+        recs.append({**rec, "config": by_hash[rec["config_hash"]], "task": "rte", "method": "lora", "seed": 1})
+    committed = tmp_path / "studies" / "glue_study_cpu" / "records.jsonl.gz"
+    committed.parent.mkdir(parents=True)
+    with gzip.open(committed, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    for p in runs.glob("*.json"):
+        p.unlink()
+    monkeypatch.setattr(records, "committed_path", lambda name: tmp_path / "studies" / name / "records.jsonl.gz")
+    monkeypatch.setattr(records, "_RESTORED", set())
+    out = tmp_path / "out"
+    res = run_cli_here(["table", *_base(runs), "seed=1", f"+tables_dir={out}"])
+    assert res.returncode == 0, res.stderr
+    assert f"restored {len(recs)} committed record(s) of glue_study_cpu" in res.stdout
+    assert len(list(runs.glob("*.json"))) == len(recs) and "no records of study" not in res.stdout
+    with gzip.open(out / "records.jsonl.gz", "rt") as f:
+        assert sorted(json.loads(line)["config_hash"] for line in f) == sorted(r["config_hash"] for r in recs)

@@ -95,6 +95,12 @@ def _study_main(argv: list[str], cfg) -> None:
     from bench.analysis import study_report, study_table
 
     n_boot = int(next((a.split("=", 1)[1] for a in argv if a.startswith("n_boot=")), stats.N_BOOT))
+    if not Path(str(cfg.results_dir)).is_file():
+        # the committed records first, as `bench run` does: a fresh checkout rebuilds the summary, and a results
+        # folder that lost records (deleted, another machine) cannot shrink the committed records.jsonl.gz
+        from bench.records.store import restore_experiment
+
+        restore_experiment(cfg.results_dir, cfg.get("experiment_name"))
     st = study_table.build(argv, cfg.results_dir, n_boot=n_boot)
     out_dir = Path(cfg.get("tables_dir") or REPO_ROOT / "results" / "studies" / st.name)
     command = "python -m bench table " + " ".join(shlex.quote(a) for a in argv)

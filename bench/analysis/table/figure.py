@@ -98,7 +98,7 @@ def score_vs_cost(panels: list[Panel], path: Path, title: str, style: Style) -> 
                     handles.append(hd)
                     labels.append(lab)
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
-    else:
+    elif axes[0][0].get_legend_handles_labels()[1]:  # nothing plotted (no reported cell yet): no empty legend
         axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=style.suptitle_size)
     if style.margins is None:
