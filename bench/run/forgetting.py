@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 
 from bench.errors import BenchError
-from bench.tasks.loglikelihood import right_padded
+from bench.tasks.loglikelihood import padded
 
 SOURCE = "squad/squad/validation.parquet"  # relative to data_dir: SQuAD v1.1 dev, its `context` column
 SAMPLE_SIZE = 32
@@ -79,7 +79,7 @@ def token_loss(model, sequences: list[list[int]], batch_size: int, pad_token_id:
             chunk = [s for s in sequences[start : start + int(batch_size)] if len(s) >= 2]
             if not chunk:
                 continue
-            ids, mask = right_padded(chunk, pad_token_id)
+            ids, mask = padded(chunk, pad_token_id)
             ids, mask = ids.to(device), mask.to(device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")

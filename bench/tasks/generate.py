@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import torch
 
 from bench.errors import BenchError
+from bench.tasks.loglikelihood import padded
 
 
 @torch.no_grad()
@@ -45,13 +46,8 @@ def generate(
     try:
         for start in range(0, len(order), int(batch_size)):
             idx = order[start : start + int(batch_size)]
-            width = max(len(prompts[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), int(pad_token_id), dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                k = len(prompts[i])
-                input_ids[row, width - k :] = torch.as_tensor(prompts[i], dtype=torch.long)
-                attention[row, width - k :] = 1
+            input_ids, attention = padded([prompts[i] for i in idx], pad_token_id, side="left")
+            width = input_ids.shape[1]
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), generation_config=gen_config
             )

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from bench.errors import BenchError
 
@@ -206,14 +207,12 @@ def encode_requests(tokenizer, req: dict, prompt_format: str, style: str = "auto
     return ctx_ids, cont_ids
 
 
-def right_padded(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists as one right-padded batch: (input_ids, attention_mask), both long."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.as_tensor(s)
-        mask[r, : len(s)] = 1
+def padded(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as one padded batch: (input_ids, attention_mask), both long. side="left" ends every row at the
+    right edge (generation, and scoring only the last positions)."""
+    rows = [torch.as_tensor(s, dtype=torch.long) for s in seqs]
+    ids = pad_sequence(rows, batch_first=True, padding_value=int(pad_id), padding_side=side)
+    mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True, padding_value=0, padding_side=side)
     return ids, mask
 
 
@@ -280,23 +279,13 @@ def _score_full(model, examples, todo, out, batch_size, pad_id, device) -> None:
     seqs.sort(key=lambda ij: -(len(examples[ij[0]][0][ij[1]]) + len(examples[ij[0]][1][ij[1]])))
     for start in range(0, len(seqs), int(batch_size)):
         chunk = seqs[start : start + int(batch_size)]
-        full = [examples[i][0][j] + examples[i][1][j] for i, j in chunk]
-        width = max(len(s) for s in full) - 1  # the last token is only ever a target
-        ids = torch.full((len(chunk), width), int(pad_id), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, s in enumerate(full):
-            ids[r, width - len(s) + 1 :] = torch.as_tensor(s[:-1])
-            mask[r, width - len(s) + 1 :] = 1
+        # the last token is only ever a target
+        ids, mask = padded([(examples[i][0][j] + examples[i][1][j])[:-1] for i, j in chunk], pad_id, side="left")
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        keep = max(len(examples[i][1][j]) for i, j in chunk)
+        targets, t_mask = padded([examples[i][1][j] for i, j in chunk], 0, side="left")
+        keep = targets.shape[1]
         logits = _forward(model, keep, input_ids=ids.to(device), attention_mask=mask.to(device),
                           position_ids=positions.to(device), use_cache=False).logits
-        targets = torch.zeros((len(chunk), keep), dtype=torch.long)
-        t_mask = torch.zeros((len(chunk), keep))
-        for r, (i, j) in enumerate(chunk):
-            cont = examples[i][1][j]
-            targets[r, keep - len(cont) :] = torch.as_tensor(cont)
-            t_mask[r, keep - len(cont) :] = 1
         sums = (_gather(logits, targets.to(logits.device)) * t_mask.to(logits.device)).sum(1).tolist()
         for r, (i, j) in enumerate(chunk):
             out[i][j] = float(sums[r])
@@ -312,7 +301,7 @@ def _score_prefix(model, examples, todo, out, batch_size, pad_id, device) -> Non
             n_seq += len(examples[todo[start]][1])
             start += 1
         ctxs = [examples[i][0][0] for i in chunk]
-        ids, mask = right_padded(ctxs, pad_id)
+        ids, mask = padded(ctxs, pad_id)
         ids, mask = ids.to(device), mask.to(device)
         ends = sorted({len(c) - 1 for c in ctxs})  # each context's last position predicts its choices' first token
         res = _forward(model, torch.as_tensor(ends, device=device), input_ids=ids, attention_mask=mask,
