@@ -375,8 +375,6 @@ def compute_lines(st: Study) -> list[str]:
     table = compute_table(st)
     if table.empty:
         return []
-    from bench.records.provenance import hardware_text
-
     recs = list(st.runs["record"]) if "record" in st.runs else []
     return ["## Compute", "",
             "From the records: each run's wall time (start to record, evaluation included) and the median of its "

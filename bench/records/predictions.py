@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import zlib
 from typing import Any
 
@@ -62,8 +63,6 @@ def decode_splits(obj: dict | None) -> dict:
 
 def examples_fingerprint(rows: list) -> str:
     """The fingerprint of a split's examples themselves (e.g. [(prompt, gold), ...]): JSON, sha256, 16 hex."""
-    import json
-
     return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
